@@ -1,0 +1,62 @@
+"""Project-wide error types.
+
+Every error a user can trigger with bad input is a :class:`PoseVLAError` whose message says
+*where* (file, record, field), *what* was expected, and *how to fix it*. Code raises these instead of
+letting a bare ``KeyError``/``IndexError`` escape from deep inside a loader.
+"""
+
+from __future__ import annotations
+
+
+class PoseVLAError(Exception):
+    """Base class for all errors raised on purpose by posevla."""
+
+
+class DataError(PoseVLAError, ValueError):
+    """Bad input data: a file, record or field that does not match the contract.
+
+    Args:
+        message: what is wrong and what was expected.
+        file: the file the problem was found in, if any.
+        record: the record inside the file (index, id, key), if any.
+        field: the field name, if any.
+        fix: one sentence telling the user how to fix it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        record: str | int | None = None,
+        field: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.file, self.record, self.field, self.fix = file, record, field, fix
+        where = []
+        if file is not None:
+            where.append(f"file {file}")
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        text = (", ".join(where) + ": " if where else "") + message
+        if fix:
+            text += f"\n  fix: {fix}"
+        super().__init__(text)
+
+
+class PoseParseError(PoseVLAError, ValueError):
+    """A pose-token answer that does not follow the grammar in docs/contracts (spec §1.3)."""
+
+
+class ConfigError(PoseVLAError, ValueError):
+    """An unknown or inconsistent configuration (names the valid choices)."""
+
+
+class CheckpointError(PoseVLAError, RuntimeError):
+    """A checkpoint directory that is missing, corrupt or inconsistent with the data."""
+
+
+class TrainingError(PoseVLAError, RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss)."""
