@@ -1,0 +1,49 @@
+"""Device and precision, decided once at the edge (trainer, evaluator, policy) and logged with a reason."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+
+import torch
+
+from posevla.errors import ConfigError
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where autocast is faster."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device_and_precision(device: str = "auto", precision: str = "auto") -> tuple[torch.device, bool, str]:
+    """(device, use_bf16_autocast, human-readable reason)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no GPU; use --device cpu")
+    dev = torch.device(device)
+    if precision == "fp32":
+        return dev, False, "fp32 requested"
+    if precision not in ("auto", "bf16"):
+        raise ConfigError(f"unknown precision '{precision}'; use auto, bf16 or fp32")
+    if dev.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return dev, ok, "GPU supports bf16" if ok else "GPU lacks bf16, using fp32"
+    if precision == "bf16":
+        return dev, True, "bf16 requested"
+    ok = cpu_has_bf16()
+    return dev, ok, "CPU has AVX512-BF16/AMX" if ok else "CPU lacks native bf16, fp32 is faster"
+
+
+def autocast_context(device: torch.device, use_bf16: bool):
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,0 +1,246 @@
+"""The one training loop: setup → train steps → atomic checkpoints → loss curve.
+
+Features (and their trade-offs):
+  * AdamW (β = 0.9, 0.95), linear warm-up then cosine decay to `min_lr`, grad-clip (spec §2.4).
+  * bf16 autocast where the hardware supports it (faster on AVX512-BF16 CPUs and on GPUs); the loss
+    is computed in fp32. The choice and its reason are logged once at start-up.
+  * Exact resume: the batch order is a function of (seed, step) and the RNG states are checkpointed,
+    so N/2 steps + resume gives the same losses as N straight steps.
+  * A non-finite loss stops the run with TrainingError before the optimizer step; the last good
+    checkpoint stays untouched.
+  * JSONL metrics (`metrics.jsonl`), tqdm progress, a loss-curve PNG at the end.
+Stages differ only by their TrainConfig (data, initial weights, bins); there is no second loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from posevla.data.fitting import fit_bins
+from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
+from posevla.data.omni3d import load_omni3d
+from posevla.errors import CheckpointError, TrainingError
+from posevla.models import PoseVLM, get_model_config
+from posevla.tokens import BinSpec, PoseCodec
+from posevla.training.checkpoint import (
+    load_model_weights,
+    load_training_state,
+    read_checkpoint_meta,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from posevla.training.config import TrainConfig
+from posevla.training.runtime import autocast_context, pick_device_and_precision
+
+
+def dataset_json(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "dataset.json" if p.is_dir() else p
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of cfg.lr at a given step: linear warm-up, cosine decay to min_lr."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(1, cfg.warmup_steps)
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        t = min(1.0, t)
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+@dataclasses.dataclass
+class TrainResult:
+    out_dir: Path
+    checkpoint: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+def build_model(cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = None):
+    """Model config, tokenizer (with pose tokens) and PoseVLM for `cfg`; same path for scratch and HF dirs."""
+    mcfg = get_model_config(cfg.model)
+    if cfg.base != "scratch":
+        mcfg = dataclasses.replace(mcfg, base=cfg.base)
+    codec = PoseCodec(bins)
+    model, tokenizer = PoseVLM.build(mcfg, codec.vocabulary(), tokenizer_dir=tokenizer_dir)
+    return mcfg, codec, model, tokenizer
+
+
+def _read_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("step", -1) < upto_step]
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> TrainResult:
+    """Run (or resume) a training run described by `cfg`.
+
+    Args:
+        cfg: the resolved config.
+        resume: continue from `out_dir/checkpoints/latest.json` (exactly).
+        loss_hook: test hook `(step, loss) -> loss`, e.g. to inject a non-finite loss.
+    """
+    t0 = time.time()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device, use_bf16, reason = pick_device_and_precision(cfg.device, cfg.precision)
+    print(f"[posevla] device={device} precision={'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
+
+    scenes = load_omni3d(dataset_json(cfg.train_data))
+    ckpt_dir: Path | None = None
+    if resume:
+        try:
+            ckpt_dir = resolve_checkpoint(out_dir)
+        except CheckpointError:
+            ckpt_dir = None
+            print(f"[posevla] --resume: no checkpoint in {out_dir}, starting from step 0")
+    init_dir = ckpt_dir or (resolve_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None)
+    if init_dir is not None:
+        meta = read_checkpoint_meta(init_dir)
+        bins = BinSpec.from_dict(meta["bins"])
+        tokenizer_dir = init_dir / "tokenizer"
+    else:
+        bins = fit_bins(
+            scenes,
+            n_trans_xy=cfg.n_trans_xy,
+            n_trans_z=cfg.n_trans_z,
+            n_size=cfg.n_size,
+            n_rot=cfg.n_rot,
+            description=f"fitted on {cfg.train_data}",
+        )
+        tokenizer_dir = None
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    mcfg, codec, model, tokenizer = build_model(cfg, bins, tokenizer_dir)
+    if init_dir is not None:
+        load_model_weights(model, init_dir)
+    model.to(device)
+    model.train()
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start_step = 0
+    if ckpt_dir is not None:
+        state = load_training_state(ckpt_dir, optimizer, scheduler)
+        start_step = int(state["step"])
+        print(f"[posevla] resumed from {ckpt_dir} at step {start_step}")
+
+    spec = ExampleSpec(
+        image_size=mcfg.image_size,
+        num_views=mcfg.num_views,
+        n_image_tokens=mcfg.n_image_tokens,
+        prompt_len=mcfg.prompt_len,
+    )
+    dataset = GroundingDataset(scenes, spec, negative_prob=cfg.negative_prob, seed=cfg.seed)
+    resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "categories": dataset.categories}
+    (out_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    bins.save(out_dir / "bins.json")
+
+    metrics_path = out_dir / "metrics.jsonl"
+    history = _read_history(metrics_path, start_step + 1)
+    with open(metrics_path, "w") as f:  # drop lines a killed run wrote after its last checkpoint
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+    def checkpoint(step: int, last: dict[str, Any]) -> Path:
+        return save_checkpoint(
+            out_dir,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            config=resolved,
+            bins_json=bins.to_dict(),
+            tokenizer=tokenizer,
+            trainer_state={"data_position": {"seed": cfg.seed, "next_step": step}, "last": last},
+            keep=cfg.keep_checkpoints,
+        )
+
+    last: dict[str, Any] = {}
+    last_ckpt = ckpt_dir
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, desc=cfg.name, unit="step")
+    batches = iterate_batches(dataset, cfg.batch_size, cfg.seed, start_step, codec, tokenizer)
+    t_steps = time.time()
+    step = start_step
+    with open(metrics_path, "a") as mf:
+        while step < cfg.steps:
+            _, batch = next(batches)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast_context(device, use_bf16):
+                out = model.compute_loss(batch)
+            loss = out["loss"]
+            if loss_hook is not None:
+                loss = loss_hook(step, loss)
+            if not torch.isfinite(loss):
+                bar.close()
+                where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at step {step}; stopping before the optimizer step. "
+                    f"{where}. Lower --lr, check the data with `posevla doctor`, or use --precision fp32."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            last = {
+                "step": step,
+                "loss": float(loss.item()),
+                "token_acc": float(out.get("token_acc", torch.tensor(float("nan"))).item()),
+                "grad_norm": float(grad_norm.item()),
+                "lr": float(scheduler.get_last_lr()[0]),
+                "time_s": round(time.time() - t_steps, 3),
+            }
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                mf.write(json.dumps(last) + "\n")
+                mf.flush()
+                history.append(last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['token_acc']:.2f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                last_ckpt = checkpoint(step, last)
+    bar.close()
+    if last_ckpt is None:  # steps == start_step: nothing trained, still leave a usable checkpoint
+        last_ckpt = checkpoint(step, last)
+    try:
+        from posevla.eval.report import plot_loss_curve
+
+        plot_loss_curve(history, out_dir / "loss_curve.png")
+    except Exception as e:  # plotting must never lose a finished run
+        print(f"[posevla] loss curve not written: {e}")
+    return TrainResult(
+        out_dir=out_dir,
+        checkpoint=last_ckpt,
+        steps=step,
+        final_loss=last.get("loss", float("nan")),
+        seconds=time.time() - t0,
+        history=history,
+    )
