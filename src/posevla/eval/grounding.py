@@ -122,7 +122,34 @@ def validate_boxes(boxes_by_key: Mapping[Hashable, Sequence[Box3D]], *, where: s
                 field="boxes",
                 fix="wrap single boxes in a list",
             )
-        for i, box in enumerate(boxes):
+    # Fast path: one vectorised check over all boxes; the per-box check (precise error) only on failure.
+    flat = [(key, i, b) for key, boxes in boxes_by_key.items() for i, b in enumerate(boxes)]
+    quick_ok = all(
+        isinstance(b, Box3D)
+        and isinstance(b.category, str)
+        and b.category
+        and b.center.shape == (3,)
+        and b.dims.shape == (3,)
+        and b.R.shape == (3, 3)
+        for _, _, b in flat
+    )
+    if quick_ok and flat:
+        c = np.stack([b.center for _, _, b in flat])
+        d = np.stack([b.dims for _, _, b in flat])
+        R = np.stack([b.R for _, _, b in flat])
+        sc = np.asarray([b.score for _, _, b in flat])
+        with np.errstate(invalid="ignore"):
+            ortho = np.abs(np.einsum("nji,njk->nik", R, R) - np.eye(3)).max(axis=(1, 2)) <= _ORTHO_ATOL
+            quick_ok = bool(
+                np.isfinite(c).all()
+                and np.isfinite(R).all()
+                and np.isfinite(sc).all()
+                and (np.isfinite(d) & (d > 0)).all()
+                and ortho.all()
+                and (np.linalg.det(R) > 0).all()
+            )
+    if not quick_ok:
+        for key, i, box in flat:
             _check_box(box, where, key, i)
 
 

@@ -39,7 +39,10 @@ def like(x: Any, ref: Array) -> Array:
 
         if is_torch(x):
             return x.to(dtype=ref.dtype, device=ref.device)
-        return torch.as_tensor(np.asarray(x), dtype=ref.dtype, device=ref.device)
+        a = np.asarray(x)
+        if not a.flags.writeable:  # torch warns on read-only arrays (e.g. module constants)
+            a = a.copy()
+        return torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
     if is_torch(x):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=ref.dtype)

@@ -1,1 +1,37 @@
-"""posevla.tokens."""
+"""posevla.tokens: pose-token bins, answer text codec, constrained-decoding grammar, quantisation report.
+
+Pure numpy/python (no torch).  See docs/design.md (section tokens/) and spec §1.3.
+"""
+
+from posevla.tokens.bins import BINSPEC_VERSION, EDGE_FAMILIES, FAMILIES, BinSpec
+from posevla.tokens.codec import (
+    EOS_STRINGS,
+    NO_OBJECT,
+    SEPARATOR,
+    TOKEN_PREFIX,
+    PoseCodec,
+    PoseEntry,
+    ViewAnswer,
+    sort_near_to_far,
+)
+from posevla.tokens.grammar import GrammarState, PoseGrammar
+from posevla.tokens.report import format_report, quantization_report
+
+__all__ = [
+    "BINSPEC_VERSION",
+    "EDGE_FAMILIES",
+    "FAMILIES",
+    "BinSpec",
+    "EOS_STRINGS",
+    "NO_OBJECT",
+    "SEPARATOR",
+    "TOKEN_PREFIX",
+    "PoseCodec",
+    "PoseEntry",
+    "ViewAnswer",
+    "sort_near_to_far",
+    "GrammarState",
+    "PoseGrammar",
+    "format_report",
+    "quantization_report",
+]

@@ -1,0 +1,179 @@
+"""`posevla <verb>`: the command-line entry point.
+
+  posevla demo [--quick] [--steps N ...]          the whole stage-1 pipeline on generated scenes
+  posevla generate --out DIR --num-scenes N       MuJoCo tabletop scenes in the Omni3D json format
+  posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...)
+  posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
+  posevla tokens report --bins B --data D         per-family quantisation error and bin usage
+  posevla fit-bins --data D --out bins.json       fit the pose-token bins on a dataset
+
+Each verb parses its own flags with tyro from a frozen dataclass or a typed function, so
+`posevla <verb> --help` lists every option with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import tyro
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _demo(argv: list[str]) -> None:
+    from posevla.pipeline import DemoConfig, run_demo
+
+    run_demo(tyro.cli(DemoConfig, args=argv, prog="posevla demo"))
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateArgs:
+    out: str
+    """Output dataset directory."""
+    num_scenes: int = 100
+    seed: int = 0
+    width: int = 256
+    height: int = 192
+    workers: int = 1
+
+
+def _generate(argv: list[str]) -> None:
+    from posevla.data.scenes import generate_dataset
+
+    a = tyro.cli(GenerateArgs, args=argv, prog="posevla generate")
+    stats = generate_dataset(a.out, a.num_scenes, seed=a.seed, width=a.width, height=a.height, workers=a.workers)
+    print(json.dumps(stats, indent=2, default=float))
+
+
+def _train(argv: list[str]) -> None:
+    from posevla.training.config import CONFIGS, get_config
+    from posevla.training.trainer import train
+
+    if not argv or argv[0].startswith("-"):
+        print(f"usage: posevla train CONFIG [--flags]   (CONFIG: {', '.join(CONFIGS)}; --resume to continue)")
+        if argv and argv[0] in ("-h", "--help"):
+            return
+        raise SystemExit(2)
+    name, rest = argv[0], argv[1:]
+    resume = "--resume" in rest
+    rest = [a for a in rest if a != "--resume"]
+    base = get_config(name)
+    cfg = tyro.cli(type(base), default=base, args=rest, prog=f"posevla train {name}")
+    res = train(cfg, resume=resume)
+    print(f"done: {res.steps} steps, final loss {res.final_loss:.4f}, {res.seconds:.0f}s, checkpoint {res.checkpoint}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalGroundingArgs:
+    checkpoint: str
+    """Checkpoint directory (a step_* dir, or a run dir with checkpoints/latest.json)."""
+    data: str
+    """Dataset directory or dataset.json to evaluate on."""
+    train_data: str | None = None
+    """Training dataset; when given, the category-mean baseline is evaluated too."""
+    out: str | None = None
+    """Where grounding.json and overlays go."""
+    batch_size: int = 16
+    max_scenes: int | None = None
+    device: str = "auto"
+
+
+def _eval(argv: list[str]) -> None:
+    from posevla.eval.predict import evaluate_checkpoint
+    from posevla.eval.report import markdown_table
+
+    if not argv or argv[0] != "grounding":
+        print("usage: posevla eval grounding --checkpoint C --data D [--train-data T] [--out DIR]")
+        raise SystemExit(2)
+    a = tyro.cli(EvalGroundingArgs, args=argv[1:], prog="posevla eval grounding")
+    res = evaluate_checkpoint(
+        a.checkpoint, a.data, train_data=a.train_data, out_dir=a.out, batch_size=a.batch_size,
+        max_scenes=a.max_scenes, device=a.device,
+    )
+    keys = ("ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm")
+    rows = [{"predictor": n, **{k: res[n][k] for k in keys}} for n in ("model", "baseline") if n in res]
+    print(markdown_table(rows))
+    cats = [{"category": c, **d} for c, d in sorted(res["model"]["per_category"].items())]
+    print(markdown_table(cats))
+
+
+@dataclasses.dataclass(frozen=True)
+class TokensReportArgs:
+    bins: str
+    """bins.json (from a checkpoint or a run directory)."""
+    data: str
+    """Dataset whose labels are quantised."""
+
+
+def _tokens(argv: list[str]) -> None:
+    from posevla.data.fitting import collect_labels
+    from posevla.data.omni3d import load_omni3d
+    from posevla.tokens import BinSpec
+    from posevla.tokens.report import format_report, quantization_report
+
+    if not argv or argv[0] != "report":
+        print("usage: posevla tokens report --bins BINS.json --data DATASET")
+        raise SystemExit(2)
+    a = tyro.cli(TokensReportArgs, args=argv[1:], prog="posevla tokens report")
+    data = Path(a.data) / "dataset.json" if Path(a.data).is_dir() else Path(a.data)
+    labels = collect_labels(load_omni3d(data))
+    rep = quantization_report(
+        BinSpec.load(a.bins), trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"], rot=labels["rot"]
+    )
+    print(format_report(rep))
+
+
+@dataclasses.dataclass(frozen=True)
+class FitBinsArgs:
+    data: str
+    out: str = "bins.json"
+    n_trans_xy: int = 2048
+    n_trans_z: int = 2048
+    n_size: int = 2048
+    n_rot: int = 360
+
+
+def _fit_bins(argv: list[str]) -> None:
+    from posevla.data.fitting import fit_bins
+    from posevla.data.omni3d import load_omni3d
+
+    a = tyro.cli(FitBinsArgs, args=argv, prog="posevla fit-bins")
+    data = Path(a.data) / "dataset.json" if Path(a.data).is_dir() else Path(a.data)
+    bins = fit_bins(load_omni3d(data), n_trans_xy=a.n_trans_xy, n_trans_z=a.n_trans_z, n_size=a.n_size, n_rot=a.n_rot)
+    bins.save(a.out)
+    print(f"wrote {a.out}")
+
+
+VERBS = {
+    "demo": _demo,
+    "generate": _generate,
+    "train": _train,
+    "eval": _eval,
+    "tokens": _tokens,
+    "fit-bins": _fit_bins,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from posevla.errors import PoseVLAError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        print(__doc__)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown verb '{argv[0]}'")
+            raise SystemExit(2)
+        return
+    try:
+        VERBS[argv[0]](argv[1:])
+    except PoseVLAError as e:
+        print(f"posevla {argv[0]}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Architecture configuration of the Pose-VLM (PaliGemma = SigLIP + Gemma, plus the two prior embedders).
+
+`PoseVLMConfig` holds *architecture only*: no learning rates, no paths to data. Named sizes live in
+`MODEL_CONFIGS` and are picked with `get_model_config(name)`:
+
+* ``tiny``: trains on a CPU in minutes (image 128, patch 16 -> 64 tokens per view; SigLIP 128 wide, Gemma 256
+  wide). Used by tests and the CPU demo.
+* ``paligemma-3b``: the spec's backbone (§1.1): SigLIP So400m/14 at 224 (256 tokens per view) + Gemma-2B.
+
+`to_hf_config` turns a config into a `transformers.PaliGemmaConfig` (the vocabulary size and the special
+token ids come from the tokenizer, not from here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from posevla.errors import ConfigError
+
+__all__ = [
+    "PoseVLMConfig",
+    "MODEL_CONFIGS",
+    "get_model_config",
+    "to_hf_config",
+    "config_from_hf",
+    "ARCH_FIELDS",
+]
+
+#: Fields that must agree with a pretrained HF directory's config.json when ``base`` is a directory.
+ARCH_FIELDS = (
+    "vision_hidden",
+    "vision_layers",
+    "vision_heads",
+    "vision_mlp",
+    "patch_size",
+    "image_size",
+    "text_hidden",
+    "text_layers",
+    "text_heads",
+    "text_kv_heads",
+    "head_dim",
+    "text_mlp",
+    "projection_dim",
+)
+
+
+@dataclass(frozen=True)
+class PoseVLMConfig:
+    """Architecture of a Pose-VLM.
+
+    Attributes:
+        name: the named size this came from (informational).
+        vision_*: SigLIP vision tower (hidden width, layers, heads, MLP width); `patch_size`, `image_size` in px.
+        text_*: Gemma decoder (hidden width, layers, query heads, KV heads, head_dim, MLP width).
+        projection_dim: output width of PaliGemma's multi-modal projector (= Gemma hidden width).
+        num_views: image slots per sample (spec: 3 cameras; absent views are zero images).
+        prompt_len: fixed length of the text part of the prefix (``<bos>`` + prompt + ``\\n`` + pads).
+        prior_dropout: (p_depth, p_ray): probability of zeroing the depth / ray prior per sample in training.
+        use_priors: build the depth and ray patch embedders (spec §1.2).
+        base: ``"scratch"`` (random init from this config) or a local HF PaliGemma directory.
+        rope_theta, rms_norm_eps, layer_norm_eps, max_position_embeddings: Gemma/SigLIP constants.
+        attn_implementation: transformers attention backend (``"sdpa"`` or ``"eager"``; never flash
+            attention, which drops PaliGemma's bidirectional prefix mask).
+    """
+
+    name: str = "custom"
+    # SigLIP
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_mlp: int = 512
+    patch_size: int = 16
+    image_size: int = 128
+    # Gemma
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 1
+    head_dim: int = 64
+    text_mlp: int = 1024
+    projection_dim: int = 256
+    # Pose-VLA
+    num_views: int = 3
+    prompt_len: int = 24
+    prior_dropout: tuple[float, float] = (0.5, 0.5)
+    use_priors: bool = True
+    base: str = "scratch"
+    # constants
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-6
+    max_position_embeddings: int = 8192
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}; "
+                "the prior embedders need an integer patch grid aligned with SigLIP's"
+            )
+        if len(self.prior_dropout) != 2 or not all(0.0 <= p <= 1.0 for p in self.prior_dropout):
+            raise ConfigError(f"prior_dropout must be two probabilities (depth, ray), got {self.prior_dropout}")
+        if self.num_views < 1 or self.prompt_len < 2:
+            raise ConfigError(f"num_views must be >= 1 and prompt_len >= 2, got {self.num_views}, {self.prompt_len}")
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r} is not supported; use 'sdpa' or 'eager' "
+                "(flash attention ignores PaliGemma's bidirectional prefix)"
+            )
+        # JSON round trips give lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "prior_dropout", tuple(float(p) for p in self.prior_dropout))
+
+    # -- derived sizes ---------------------------------------------------------------------------
+    @property
+    def tokens_per_view(self) -> int:
+        """SigLIP patches (= ``<image>`` tokens) per image."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def n_image_tokens(self) -> int:
+        """``<image>`` tokens per sample (all views)."""
+        return self.num_views * self.tokens_per_view
+
+    @property
+    def prefix_len(self) -> int:
+        """Length of every prefix: image tokens + the fixed text prefix."""
+        return self.n_image_tokens + self.prompt_len
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.base == "scratch"
+
+    def replace(self, **changes: Any) -> PoseVLMConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["prior_dropout"] = list(self.prior_dropout)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PoseVLMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown PoseVLMConfig fields {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+
+MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
+    "tiny": PoseVLMConfig(
+        name="tiny",
+        vision_hidden=128,
+        vision_layers=2,
+        vision_heads=4,
+        vision_mlp=512,
+        patch_size=16,
+        image_size=128,
+        text_hidden=256,
+        text_layers=4,
+        text_heads=4,
+        text_kv_heads=1,
+        head_dim=64,
+        text_mlp=1024,
+        projection_dim=256,
+        prompt_len=24,
+        max_position_embeddings=2048,
+    ),
+    # spec §1.1: SigLIP So400m/14 @224 + Gemma-2B (paligemma-3b-pt-224).
+    "paligemma-3b": PoseVLMConfig(
+        name="paligemma-3b",
+        vision_hidden=1152,
+        vision_layers=27,
+        vision_heads=16,
+        vision_mlp=4304,
+        patch_size=14,
+        image_size=224,
+        text_hidden=2048,
+        text_layers=18,
+        text_heads=8,
+        text_kv_heads=1,
+        head_dim=256,
+        text_mlp=16384,
+        projection_dim=2048,
+        prompt_len=64,
+        max_position_embeddings=8192,
+    ),
+}
+
+
+def get_model_config(name: str, **overrides: Any) -> PoseVLMConfig:
+    """The named architecture, optionally with fields replaced (e.g. ``base="/ckpt/paligemma-3b-pt-224"``)."""
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model config {name!r}; valid names: {sorted(MODEL_CONFIGS)}")
+    cfg = MODEL_CONFIGS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def to_hf_config(
+    cfg: PoseVLMConfig,
+    vocab_size: int,
+    image_token_id: int,
+    pad_id: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+):
+    """A `transformers.PaliGemmaConfig` for `cfg` (random-init path).
+
+    `vocab_size` is the size of the embedding matrix to create (the tokenizer's length *before* pose tokens
+    are added, so that scratch and pretrained models go through the same vocabulary-extension code).
+    """
+    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=cfg.vision_hidden,
+        intermediate_size=cfg.vision_mlp,
+        num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads,
+        num_channels=3,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=cfg.layer_norm_eps,
+        vision_use_head=False,
+    )
+    text = GemmaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.text_hidden,
+        intermediate_size=cfg.text_mlp,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        num_key_value_heads=cfg.text_kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="gelu_pytorch_tanh",
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        tie_word_embeddings=True,
+    )
+    hf = PaliGemmaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vocab_size=vocab_size,
+        projection_dim=cfg.projection_dim,
+        hidden_size=cfg.text_hidden,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+    hf._attn_implementation = cfg.attn_implementation
+    return hf
+
+
+def config_from_hf(hf_config, **fields: Any) -> PoseVLMConfig:
+    """A `PoseVLMConfig` whose architecture is read from a `PaliGemmaConfig` (other fields from `fields`)."""
+    v, t = hf_config.vision_config, hf_config.text_config
+    arch = dict(
+        vision_hidden=v.hidden_size,
+        vision_layers=v.num_hidden_layers,
+        vision_heads=v.num_attention_heads,
+        vision_mlp=v.intermediate_size,
+        patch_size=int(v.patch_size),
+        image_size=int(v.image_size),
+        text_hidden=t.hidden_size,
+        text_layers=t.num_hidden_layers,
+        text_heads=t.num_attention_heads,
+        text_kv_heads=t.num_key_value_heads,
+        head_dim=t.head_dim,
+        text_mlp=t.intermediate_size,
+        projection_dim=hf_config.projection_dim,
+    )
+    arch.update(fields)
+    return PoseVLMConfig(**arch)
