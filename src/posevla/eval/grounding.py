@@ -23,7 +23,7 @@ pose matching.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,13 @@ def _check_box(box: Any, where: str, key: Hashable, index: int) -> None:
     if not isinstance(box.category, str) or not box.category:
         fail("category", f"category must be a non-empty string, got {box.category!r}", "give every box a class name")
     for name, shape in (("center", (3,)), ("dims", (3,)), ("R", (3, 3))):
-        value = getattr(box, name)
+        try:
+            value = np.asarray(getattr(box, name), dtype=np.float64)
+        except (TypeError, ValueError):
+            fail(name, f"not numeric: {getattr(box, name)!r}", f"pass {name} as a float array of shape {shape}")
         if value.shape != shape:
             fail(name, f"shape {value.shape}, expected {shape}", f"pass {name} as an array of shape {shape}")
+        setattr(box, name, value)
         if not np.all(np.isfinite(value)):
             fail(name, f"contains NaN or inf: {value.tolist()}", "drop or repair the box before evaluating")
     if not np.all(box.dims > 0):
@@ -102,6 +106,10 @@ def _check_box(box: Any, where: str, key: Hashable, index: int) -> None:
     R = box.R
     if not np.allclose(R.T @ R, np.eye(3), atol=_ORTHO_ATOL) or np.linalg.det(R) < 0:
         fail("R", "not a rotation matrix (R^T R != I or det(R) = -1)", "orthonormalise R (e.g. via SVD) first")
+    try:
+        box.score = float(box.score)
+    except (TypeError, ValueError):
+        fail("score", f"score must be a number, got {box.score!r}", "give predictions a float confidence")
     if not math.isfinite(box.score):
         fail("score", f"score must be finite, got {box.score}", "give predictions a finite confidence")
 
@@ -115,7 +123,7 @@ def validate_boxes(boxes_by_key: Mapping[Hashable, Sequence[Box3D]], *, where: s
             fix="group boxes by image key",
         )
     for key, boxes in boxes_by_key.items():
-        if isinstance(boxes, Box3D) or not isinstance(boxes, Iterable):
+        if not isinstance(boxes, (list, tuple)):
             raise DataError(
                 f"{where} image {key!r}: expected a list of Box3D, got {type(boxes).__name__}",
                 record=f"{where}[{key!r}]",
@@ -128,16 +136,20 @@ def validate_boxes(boxes_by_key: Mapping[Hashable, Sequence[Box3D]], *, where: s
         isinstance(b, Box3D)
         and isinstance(b.category, str)
         and b.category
-        and b.center.shape == (3,)
-        and b.dims.shape == (3,)
-        and b.R.shape == (3, 3)
+        and np.shape(b.center) == (3,)
+        and np.shape(b.dims) == (3,)
+        and np.shape(b.R) == (3, 3)
         for _, _, b in flat
     )
     if quick_ok and flat:
-        c = np.stack([b.center for _, _, b in flat])
-        d = np.stack([b.dims for _, _, b in flat])
-        R = np.stack([b.R for _, _, b in flat])
-        sc = np.asarray([b.score for _, _, b in flat])
+        try:
+            c = np.stack([np.asarray(b.center, dtype=np.float64) for _, _, b in flat])
+            d = np.stack([np.asarray(b.dims, dtype=np.float64) for _, _, b in flat])
+            R = np.stack([np.asarray(b.R, dtype=np.float64) for _, _, b in flat])
+            sc = np.asarray([b.score for _, _, b in flat], dtype=np.float64)
+        except (TypeError, ValueError):
+            quick_ok = False
+    if quick_ok and flat:
         with np.errstate(invalid="ignore"):
             ortho = np.abs(np.einsum("nji,njk->nik", R, R) - np.eye(3)).max(axis=(1, 2)) <= _ORTHO_ATOL
             quick_ok = bool(
