@@ -357,17 +357,13 @@ class PoseCodec:
                     pos += 1
                     break
                 locs: list[int] = []
-                while peek().family == "loc":
+                while peek().family == "loc" and len(locs) < 4:
                     locs.append(int(peek().value))  # type: ignore[arg-type]
                     pos += 1
-                if len(locs) not in (2, 4):
-                    if not locs:
-                        exp = f"{fam_tok('loc')}" + ("" if view.entries else " or '<no_object>'")
-                        raise self._error(text, peek(), exp)
-                    exp = f"another {fam_tok('loc')} (an anchor has 2 or 4 loc tokens)" if len(locs) in (1, 3) \
-                        else fam_tok("trans_xy")
-                    raise self._error(text, peek(), exp,
-                                      None if len(locs) in (1, 3) else f"{len(locs)} loc tokens (expected 2 or 4)")
+                if not locs:
+                    raise self._error(text, peek(), fam_tok("loc") + ("" if view.entries else " or '<no_object>'"))
+                if len(locs) in (1, 3):
+                    raise self._error(text, peek(), f"another {fam_tok('loc')} (an anchor has 2 or 4 loc tokens)")
                 tx = take("trans_xy", fam_tok("trans_xy")).value
                 ty = take("trans_xy", fam_tok("trans_xy")).value
                 tz = take("trans_z", fam_tok("trans_z")).value
