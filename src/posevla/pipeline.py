@@ -162,7 +162,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
             ("What ran", f"{cfg.train_scenes} train / {cfg.val_scenes} held-out scenes, {result.steps} steps of "
              f"stage-1 training (batch {cfg.batch_size}), evaluation on {ev['n_scenes']} held-out scenes. "
              "Baseline = each category's mean depth, size and rotation at the object's true 2D centre."),
-            ("Pose-token quantisation", "<pre>" + format_report(qrep) + "</pre>"),
+            ("Pose-token quantisation", format_report(qrep)),
         ],
         images=[("training loss", "loss_curve.png")] + [(f"held-out scene {Path(p).stem}", f"eval/{p}") for p in ev.get("overlays", [])],
         tables=[("Model vs baseline", rows), ("Per category", per_cat), ("Wall time per phase (s)", [timing])],

@@ -67,7 +67,7 @@ class PreparedView:
     ray: np.ndarray  # (3, S, S) float32
     depth: np.ndarray  # (2, S, S) float32: metres, validity
     K_model: np.ndarray  # (3, 3) float64, intrinsics of the S×S model input
-    scale: float  # resize factor source → model
+    scale: tuple[float, float]  # exact resize factors (sx, sy) source → model
     pad: tuple[int, int]  # (left, top) padding in the model input
     has_depth: bool
 
@@ -87,9 +87,10 @@ def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image
             field="depth",
             fix="render/store depth at the image resolution",
         )
-    scale, new_w, new_h, pad_left, pad_top = resize_pad_params(width, height, image_size)
+    _, new_w, new_h, pad_left, pad_top = resize_pad_params(width, height, image_size)
     S = image_size
-    K_model = K_pad(K_resize(K, new_w / width, new_h / height), pad_left, pad_top)
+    sx, sy = new_w / width, new_h / height  # exact factors (sizes are rounded)
+    K_model = K_pad(K_resize(K, sx, sy), pad_left, pad_top)
 
     resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
     canvas = np.zeros((S, S, 3), np.uint8)
@@ -106,7 +107,7 @@ def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image
 
     depth2 = np.zeros((2, S, S), np.float32)
     if depth is not None:
-        d = np.asarray(Image.fromarray(depth.astype(np.float32), mode="F").resize((new_w, new_h), Image.NEAREST))
+        d = np.asarray(Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32)).resize((new_w, new_h), Image.NEAREST))
         depth2[0, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = d
         depth2[1] = (depth2[0] > 0).astype(np.float32)
         depth2[0] *= depth2[1]
@@ -115,7 +116,7 @@ def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image
         ray=ray.astype(np.float32),
         depth=depth2,
         K_model=K_model,
-        scale=scale,
+        scale=(sx, sy),
         pad=(pad_left, pad_top),
         has_depth=depth is not None,
     )
@@ -124,8 +125,9 @@ def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image
 def box2d_to_model(box: np.ndarray, prepared: PreparedView, image_size: int) -> np.ndarray:
     """Map a pixel box x1,y1,x2,y2 of the source view to normalised [0,1] model-input coordinates."""
     left, top = prepared.pad
-    x = prepared.scale * (box[[0, 2]] + 0.5) - 0.5 + left
-    y = prepared.scale * (box[[1, 3]] + 0.5) - 0.5 + top
+    sx, sy = prepared.scale
+    x = sx * (box[[0, 2]] + 0.5) - 0.5 + left
+    y = sy * (box[[1, 3]] + 0.5) - 0.5 + top
     out = np.array([x[0], y[0], x[1], y[1]], np.float64)
     return np.clip((out + 0.5) / image_size, 0.0, 1.0)
 
@@ -190,7 +192,6 @@ class GroundingExample:
     scene_id: str
     category: str
     prompt: str
-    answer: ViewAnswer | None
     views: list[ViewAnswer]
     prepared: list[PreparedView]
     negative: bool
@@ -230,7 +231,7 @@ def build_grounding_example(
                 ray=np.zeros((3, S, S), np.float32),
                 depth=np.zeros((2, S, S), np.float32),
                 K_model=np.eye(3),
-                scale=1.0,
+                scale=(1.0, 1.0),
                 pad=(0, 0),
                 has_depth=False,
             )
@@ -241,7 +242,6 @@ def build_grounding_example(
         scene_id=scene.scene_id,
         category=category,
         prompt=prompt_for(category),
-        answer=None,
         views=answers,
         prepared=prepared,
         negative=negative_of is not None,

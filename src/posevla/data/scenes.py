@@ -70,6 +70,7 @@ _EXTENT = 2.0  # model.stat.extent; znear/zfar below are fractions of it
 _ZNEAR = 0.01
 _ZFAR = 5.0
 _HIDDEN_GROUP = 3
+TABLE_HEIGHT = 0.75  # the floor is this far below the table top
 _VERSION = 1
 
 
@@ -102,6 +103,7 @@ class SceneSpec:
     index: int
     table_half: np.ndarray  # (2,) half sizes in x, y
     table_rgba: np.ndarray
+    floor_rgba: np.ndarray
     light_dirs: np.ndarray  # (2, 3)
     light_diffuse: np.ndarray  # (2, 3)
     objects: list[PlacedObject]
@@ -178,6 +180,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
     rng = np.random.default_rng([int(seed), int(index), _VERSION])
     table_half = np.array([rng.uniform(0.45, 0.7), rng.uniform(0.35, 0.5)])
     table_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.35, 0.8)), [1.0]])
+    floor_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.6)), [1.0]])
     light_dirs = np.stack([
         -np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), 1.0]) for _ in range(2)
     ])
@@ -240,7 +243,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
         else:
             target = table_target
         cams.append(_orbit_camera(rng, target, (0.3, 0.6), (30.0, 75.0), 10.0, (55.0, 75.0), name))
-    return SceneSpec(int(index), table_half, table_rgba, light_dirs, light_diffuse, placed, cams)
+    return SceneSpec(int(index), table_half, table_rgba, floor_rgba, light_dirs, light_diffuse, placed, cams)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ def _model_xml(width: int, height: int, cache_dir: Path) -> str:
         slot_prefix = "obj_" + spec.name.replace(" ", "_")
         if spec.kind == "mesh":
             m = load_mesh(spec.name, cache_dir)
-            assets.append(f'<mesh name="{slot_prefix}" file="{m.stl_path}" inertia="shell"/>')
+            assets.append(f'<mesh name="{slot_prefix}" file="{m.stl_path}" inertia="shell" maxhullvert="4"/>')
             geom = f'type="mesh" mesh="{slot_prefix}"'
         else:
             geom = f'type="{spec.kind}" size="0.05 0.05 0.05"'
@@ -280,6 +283,7 @@ def _model_xml(width: int, height: int, cache_dir: Path) -> str:
   <worldbody>
     <light name="l0" directional="true" castshadow="false" pos="0 0 3" dir="0 0 -1" diffuse="0.5 0.5 0.5"/>
     <light name="l1" directional="true" castshadow="false" pos="0 0 3" dir="0.3 0.3 -1" diffuse="0.4 0.4 0.4"/>
+    <geom name="floor" type="plane" size="4 4 0.1" pos="0 0 {-TABLE_HEIGHT}" rgba="0.5 0.5 0.5 1"/>
     <geom name="table" type="box" size="0.6 0.4 0.02" pos="0 0 -0.02" rgba="0.6 0.5 0.4 1"/>
     {chr(10).join(bodies)}
     <camera name="cam" pos="0 0 1" fovy="60"/>
@@ -303,6 +307,7 @@ class SceneRenderer:
         self.data = mujoco.MjData(self.model)
         self.cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, "cam")
         self.table_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "table")
+        self.floor_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "floor")
         self.slots: dict[str, list[tuple[int, int]]] = {}  # category -> [(mocap id, geom id)]
         for spec in CATALOGUE:
             prefix = "obj_" + spec.name.replace(" ", "_")
@@ -338,6 +343,7 @@ class SceneRenderer:
                 d.mocap_pos[mocap] = (0.0, 0.0, -5.0)
         m.geom_size[self.table_id] = (scene.table_half[0], scene.table_half[1], 0.02)
         m.geom_rgba[self.table_id] = scene.table_rgba
+        m.geom_rgba[self.floor_id] = scene.floor_rgba
         m.light_dir[:] = scene.light_dirs / np.linalg.norm(scene.light_dirs, axis=1, keepdims=True)
         m.light_diffuse[:] = scene.light_diffuse
         used: dict[str, int] = {}

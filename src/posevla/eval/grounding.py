@@ -88,31 +88,35 @@ def _check_box(box: Any, where: str, key: Hashable, index: int) -> None:
         )
 
     if not isinstance(box, Box3D):
-        fail("box", f"expected a Box3D, got {type(box).__name__}", "build boxes with posevla.eval.grounding.Box3D")
+        fail("box", f"expected a Box3D, got {type(box).__name__}", "build boxes with eval.grounding.Box3D")
     if not isinstance(box.category, str) or not box.category:
-        fail("category", f"category must be a non-empty string, got {box.category!r}", "give every box a class name")
+        fail("category", f"must be a non-empty string, got {box.category!r}", "give every box a class name")
     arrays: dict[str, np.ndarray] = {}
     for name, shape in (("center", (3,)), ("dims", (3,)), ("R", (3, 3))):
         try:
             value = np.asarray(getattr(box, name), dtype=np.float64)
         except (TypeError, ValueError):
-            fail(name, f"not numeric: {getattr(box, name)!r}", f"pass {name} as a float array of shape {shape}")
+            fail(name, f"not numeric: {getattr(box, name)!r}", f"pass {name} as floats of shape {shape}")
         if value.shape != shape:
             fail(name, f"shape {value.shape}, expected {shape}", f"pass {name} as an array of shape {shape}")
         arrays[name] = value
         if not np.all(np.isfinite(value)):
             fail(name, f"contains NaN or inf: {value.tolist()}", "drop or repair the box before evaluating")
     if not np.all(arrays["dims"] > 0):
-        fail("dims", f"dimensions must be > 0, got {arrays['dims'].tolist()}", "boxes need positive [w, h, l] in metres")
+        fail(
+            "dims",
+            f"dimensions must be > 0, got {arrays['dims'].tolist()}",
+            "boxes need positive [w, h, l] in metres",
+        )
     R = arrays["R"]
     if not np.allclose(R.T @ R, np.eye(3), atol=_ORTHO_ATOL) or np.linalg.det(R) < 0:
-        fail("R", "not a rotation matrix (R^T R != I or det(R) = -1)", "orthonormalise R (e.g. via SVD) first")
+        fail("R", "not a rotation matrix (R^T R != I or det(R) = -1)", "orthonormalise R (SVD) first")
     try:
         score = float(box.score)
     except (TypeError, ValueError):
         score = float("nan")
     if not math.isfinite(score):
-        fail("score", f"score must be a finite number, got {box.score!r}", "give predictions a finite confidence")
+        fail("score", f"must be a finite number, got {box.score!r}", "give predictions a finite confidence")
 
 
 def validate_boxes(boxes_by_key: Mapping[Hashable, Sequence[Box3D]], *, where: str = "boxes") -> None:

@@ -76,7 +76,9 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _draw_box(draw: ImageDraw.ImageDraw, K: np.ndarray, box: Box3D, color: Color, width: int, label: bool) -> None:
+def _draw_box(
+    draw: ImageDraw.ImageDraw, K: np.ndarray, box: Box3D, color: Color, width: int, label: bool
+) -> None:
     corners = np.asarray(box_corners(box.center, box.dims, box.R), dtype=np.float64)  # (8, 3)
     segments: list[tuple[np.ndarray, np.ndarray, int]] = []
     front_diagonals = ((0, 2), (1, 3))

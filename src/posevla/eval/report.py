@@ -166,12 +166,14 @@ def write_html_report(
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 
-def _read_loss_rows(source: str | Path | Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_loss_rows(
+    source: str | Path | Sequence[Mapping[str, Any]], key: str
+) -> tuple[np.ndarray, np.ndarray]:
     rows: list[tuple[float, float]] = []
     if isinstance(source, (str, Path)):
         p = Path(source)
         if not p.is_file():
-            raise DataError("loss log not found", file=str(p), fix="pass the metrics .jsonl written by training")
+            raise DataError("loss log not found", file=str(p), fix="pass a training metrics .jsonl")
         for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -214,10 +216,10 @@ def plot_loss_curve(
     smoothing: float = 0.9,
     title: str | None = None,
 ) -> Path:
-    """Plot ``key`` against ``step`` (raw points faint, smoothed line on top), log-scale y; returns the PNG path.
+    """Plot ``key`` against ``step``: raw points faint, EMA-smoothed line on top, log-scale y.
 
     ``source`` is a ``.jsonl`` file (one JSON object per line; lines without ``step``/``key`` are skipped)
-    or a list of such dicts. Uses matplotlib's Agg canvas directly (no global backend change).
+    or a list of such dicts. Returns the PNG path. Uses the Agg canvas directly (no global backend change).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

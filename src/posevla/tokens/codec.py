@@ -337,7 +337,7 @@ class PoseCodec:
                     if t.family == "image_close" and t.value != v:
                         raise self._error(text, t, close,
                                           f"mismatched view index: '<image{v}>' closed by {t.text!r}")
-                    raise self._error(text, t, "a name" + ("" if view.entries else f" or {close}"))
+                    raise self._error(text, t, f"a name or {close}")
                 name = t.text
                 if ">" in name:
                     raise self._error(text, t, "a name without '<', '>' or ';'", f"stray '>' in {name!r}")
