@@ -184,7 +184,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
     light_dirs = np.stack([
         -np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), 1.0]) for _ in range(2)
     ])
-    light_diffuse = np.stack([np.full(3, rng.uniform(0.3, 0.6)) for _ in range(2)])
+    light_diffuse = np.stack([np.full(3, rng.uniform(0.2, 0.45)) for _ in range(2)])
 
     n_target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     counts: dict[str, int] = {}
@@ -273,7 +273,7 @@ def _model_xml(width: int, height: int, cache_dir: Path) -> str:
     <global offwidth="{width}" offheight="{height}"/>
     <quality offsamples="0" shadowsize="0"/>
     <map znear="{_ZNEAR}" zfar="{_ZFAR}"/>
-    <headlight ambient="0.35 0.35 0.35" diffuse="0.3 0.3 0.3" specular="0.05 0.05 0.05"/>
+    <headlight ambient="0.25 0.25 0.25" diffuse="0.25 0.25 0.25" specular="0.05 0.05 0.05"/>
     <rgba haze="0 0 0 1"/>
   </visual>
   <default><geom contype="0" conaffinity="0"/><light castshadow="false"/></default>
@@ -473,7 +473,7 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype == np.uint16:
         Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     else:
-        Image.fromarray(arr, mode="RGB").save(buf, format="PNG", compress_level=1)
+        Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
