@@ -96,9 +96,10 @@ def test_config_names_and_hf_config():
     tiny = get_model_config("tiny")
     assert tiny.tokens_per_view == 64 and tiny.n_image_tokens == 192 and tiny.prefix_len == 192 + 24
     big = get_model_config("paligemma-3b")
-    assert big.tokens_per_view == 256 and (big.vision_hidden, big.vision_layers, big.vision_mlp) == (1152, 27, 4304)
-    assert (big.text_hidden, big.text_layers, big.text_heads, big.text_kv_heads, big.head_dim, big.text_mlp) == (
-        2048, 18, 8, 1, 256, 16384)
+    assert big.tokens_per_view == 256
+    assert (big.vision_hidden, big.vision_layers, big.vision_mlp) == (1152, 27, 4304)
+    text = (big.text_hidden, big.text_layers, big.text_heads, big.text_kv_heads, big.head_dim, big.text_mlp)
+    assert text == (2048, 18, 8, 1, 256, 16384)
     with pytest.raises(ConfigError, match="tiny"):
         get_model_config("huge")
     hf = to_hf_config(big, vocab_size=257152, image_token_id=257152, pad_id=0, bos_id=2, eos_id=1)
@@ -152,7 +153,8 @@ def test_tokenizer(model, codec, tmp_path):
 
 def test_example_layout(model):
     tok, cfg = model.tokenizer, model.cfg
-    ex = tok.build_example("detect the cup", "<image0>cup<no_object></image0>", n_image_tokens=4, prompt_len=12)
+    ans = "<image0>cup<no_object></image0>"
+    ex = tok.build_example("detect the cup", ans, n_image_tokens=4, prompt_len=12)
     P = 16
     assert (ex["input_ids"][:4] == tok.image_token_id).all() and ex["input_ids"][4] == tok.bos_id
     n_text = 1 + len(tok.encode_text("detect the cup")) + len(tok.encode_text("\n"))
@@ -334,6 +336,21 @@ def test_generation_cache_and_grammar(model, codec):
     free = m.generate(b, [None, None], max_new_tokens=4)
     assert all(len(r.ids) <= 4 for r in free)
     assert not m.training
+    with pytest.raises(DataError, match="prefix-only"):
+        m.generate(_batch(m, codec, B=2), [None, None], max_new_tokens=2)
+
+
+def test_rebuild_from_saved_tokenizer_loads_state_dict(model, codec, tmp_path):
+    """What a checkpoint reload does: the saved tokenizer already holds the pose tokens; same shapes."""
+    model.tokenizer.save(tmp_path / "tok")
+    tok = PoseTextTokenizer.load(tmp_path / "tok")
+    m2 = PoseVLM.build(model.cfg, tok, codec.vocabulary())
+    assert m2.vocab_size == model.vocab_size
+    m2.load_state_dict(model.state_dict())
+    m2.eval()
+    b = _batch(model, codec, B=1)
+    with torch.no_grad():
+        torch.testing.assert_close(m2.logits(b), model.logits(b))
 
 
 # ------------------------------------------------------------------------------ HF-format directory

@@ -132,7 +132,7 @@ def collate(
         )
         for ex in examples
     ]
-    batch = tokenizer.collate_text(texts)
+    batch = tokenizer.collate(texts)
     batch["pixel_values"] = torch.from_numpy(np.stack([[p.pixels for p in ex.prepared] for ex in examples]))
     batch["ray"] = torch.from_numpy(np.stack([[p.ray for p in ex.prepared] for ex in examples]))
     batch["depth"] = torch.from_numpy(np.stack([[p.depth for p in ex.prepared] for ex in examples]))

@@ -129,7 +129,7 @@ class GroundingPredictor:
         self.spec = ExampleSpec(
             image_size=self.mcfg.image_size,
             num_views=self.mcfg.num_views,
-            n_image_tokens=self.mcfg.n_image_tokens,
+            n_image_tokens=self.mcfg.tokens_per_view,
             prompt_len=self.mcfg.prompt_len,
         )
         self.token_ids = self.tokenizer.pose_token_ids(self.codec.vocabulary() + [";"])

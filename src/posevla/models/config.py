@@ -52,7 +52,8 @@ class PoseVLMConfig:
 
     Attributes:
         name: the named size this came from (informational).
-        vision_*: SigLIP vision tower (hidden width, layers, heads, MLP width); `patch_size`, `image_size` in px.
+        vision_*: SigLIP vision tower (hidden width, layers, heads, MLP width); `patch_size`,
+            `image_size` in px.
         text_*: Gemma decoder (hidden width, layers, query heads, KV heads, head_dim, MLP width).
         projection_dim: output width of PaliGemma's multi-modal projector (= Gemma hidden width).
         num_views: image slots per sample (spec: 3 cameras; absent views are zero images).
@@ -101,9 +102,13 @@ class PoseVLMConfig:
                 "the prior embedders need an integer patch grid aligned with SigLIP's"
             )
         if len(self.prior_dropout) != 2 or not all(0.0 <= p <= 1.0 for p in self.prior_dropout):
-            raise ConfigError(f"prior_dropout must be two probabilities (depth, ray), got {self.prior_dropout}")
+            raise ConfigError(
+                f"prior_dropout must be two probabilities (depth, ray), got {self.prior_dropout}"
+            )
         if self.num_views < 1 or self.prompt_len < 2:
-            raise ConfigError(f"num_views must be >= 1 and prompt_len >= 2, got {self.num_views}, {self.prompt_len}")
+            raise ConfigError(
+                f"num_views must be >= 1 and prompt_len >= 2, got {self.num_views}, {self.prompt_len}"
+            )
         if self.attn_implementation not in ("sdpa", "eager"):
             raise ConfigError(
                 f"attn_implementation {self.attn_implementation!r} is not supported; use 'sdpa' or 'eager' "

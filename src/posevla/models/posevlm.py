@@ -18,8 +18,8 @@ What this module adds to PaliGemma (and nothing else; the VLM itself is transfor
   1 = answer: causal) with ``create_causal_mask(block_sequence_ids=...)`` whenever no KV cache is filled yet,
   in train *and* eval mode; pads are removed through ``attention_mask``. We therefore pass
   ``token_type_ids`` and let transformers build the mask (checked by perturbation tests).
-* **Loss**: next-token cross-entropy on answer tokens only (``labels`` ≠ −100, shifted by one), computed in
-  fp32 on the selected positions only (the LM head is applied to those rows, not to the whole sequence).
+* **Loss**: next-token cross-entropy on answer tokens only (``labels`` ≠ −100, shifted by one), computed
+  in fp32 on the selected positions only (the LM head is applied to those rows, not to the whole sequence).
 * **Generation**: greedy decoding with the KV cache and a per-sample grammar mask.
 
 Batch keys (torch tensors): ``input_ids, attention_mask, token_type_ids, labels (B, L)``,
@@ -140,11 +140,13 @@ class PoseVLM(nn.Module):
                 kwargs["dtype"] = dtype
             hf = PaliGemmaForConditionalGeneration.from_pretrained(str(base), **kwargs)
             got = config_from_hf(hf.config)
-            bad = {k: (getattr(cfg, k), getattr(got, k)) for k in ARCH_FIELDS if getattr(cfg, k) != getattr(got, k)}
+            pairs = {k: (getattr(cfg, k), getattr(got, k)) for k in ARCH_FIELDS}
+            bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
             if bad:
                 raise ConfigError(
                     f"cfg does not match the checkpoint in {base}: {{field: (cfg, checkpoint)}} = {bad}; use "
-                    "PoseVLM.from_hf_dir(dir) or config_from_hf(...) to take the architecture from the checkpoint"
+                    "PoseVLM.from_hf_dir(dir) or config_from_hf(...) to take the architecture from the "
+                    "checkpoint"
                 )
             tokenizer = tokenizer if tokenizer is not None else PoseTextTokenizer.load(base)
             if tokenizer.image_token_id != hf.config.image_token_id:
@@ -207,7 +209,7 @@ class PoseVLM(nn.Module):
             emb.weight[torch.as_tensor(reused, device=emb.weight.device)] = old_mean.to(emb.weight.dtype)
         self.hf.tie_weights()
         if self.hf.lm_head.weight.data_ptr() != emb.weight.data_ptr():
-            raise ConfigError("the LM head is not tied to the input embeddings after the vocabulary extension")
+            raise ConfigError("the LM head is not tied to the input embeddings after the resize")
         return new_ids
 
     # -- sizes -------------------------------------------------------------------------------------
@@ -256,8 +258,9 @@ class PoseVLM(nn.Module):
         feats = vision(pixel_values=pixel_values.flatten(0, 1)).last_hidden_state  # (B·V, N, Dv)
         if self.cfg.use_priors:
             keep = self._prior_keep(prior_mask, B, feats.device)
-            feats = feats + self._embed_prior(self.depth_embed, depth, keep[:, PRIOR_DEPTH], B, V, S).to(feats.dtype)
-            feats = feats + self._embed_prior(self.ray_embed, ray, keep[:, PRIOR_RAY], B, V, S).to(feats.dtype)
+            d = self._embed_prior(self.depth_embed, depth, keep[:, PRIOR_DEPTH], B, V, S)
+            r = self._embed_prior(self.ray_embed, ray, keep[:, PRIOR_RAY], B, V, S)
+            feats = feats + d.to(feats.dtype) + r.to(feats.dtype)
         return self.hf.model.multi_modal_projector(feats)
 
     # -- language model ----------------------------------------------------------------------------
@@ -306,7 +309,10 @@ class PoseVLM(nn.Module):
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last hidden states (B, L, D) of the language model for a batch."""
         out = self._lm(
-            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], self._features_from_batch(batch)
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            self._features_from_batch(batch),
         )
         return out.last_hidden_state
 
@@ -353,6 +359,13 @@ class PoseVLM(nn.Module):
         B, P = input_ids.shape
         if len(grammars) != B:
             raise DataError(f"{len(grammars)} grammars for a batch of {B}")
+        tt = batch_prefix.get("token_type_ids")
+        if tt is not None and bool((tt != 0).any()):
+            raise DataError(
+                "generate() takes prefix-only batches (token_type_ids all 0); build them with "
+                "build_example(prompt, None, ...)",
+                field="token_type_ids",
+            )
         was_training = self.training
         self.eval()
         try:
@@ -410,3 +423,5 @@ class PoseVLM(nn.Module):
             return results
         finally:
             self.train(was_training)
+
+    generate_poses = generate  # docs/design.md name

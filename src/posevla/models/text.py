@@ -146,8 +146,8 @@ class PoseTextTokenizer:
         ]
         if missing:
             raise ConfigError(
-                f"tokenizer lacks the {missing} token(s) (image token {image_token!r}); a PaliGemma tokenizer "
-                "needs <image>, <bos>, <eos> and <pad>"
+                f"tokenizer lacks the {missing} token(s) (image token {image_token!r}); a PaliGemma "
+                "tokenizer needs <image>, <bos>, <eos> and <pad>"
             )
         self._pose_tokens: list[str] = []
         self._split_re: re.Pattern[str] | None = None
@@ -271,7 +271,10 @@ class PoseTextTokenizer:
 
     # -- encode / decode ---------------------------------------------------------------------------
     def encode_text(self, s: str) -> list[int]:
-        """Ids of `s`: pose tokens, ``<image>`` and ``;`` one id each; other text chunk by chunk (no BOS/EOS)."""
+        """Ids of `s`: pose tokens, ``<image>`` and ``;`` one id each; other text chunk by chunk.
+
+        No BOS/EOS is added.
+        """
         out: list[int] = []
         assert self._split_re is not None
         for piece in self._split_re.split(s):
@@ -373,7 +376,7 @@ def build_example(
 
 
 def collate_text(examples: Sequence[dict[str, np.ndarray]], *, pad_id: int = 0) -> dict:
-    """Stack examples into torch tensors, right-padding answers (pad id, attention 0, type 1, label −100)."""
+    """Stack examples into torch tensors, right-padding answers (pad id, attention 0, type 1, label -100)."""
     import torch
 
     if not examples:

@@ -30,7 +30,7 @@ from posevla.data.fitting import fit_bins
 from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
 from posevla.data.omni3d import load_omni3d
 from posevla.errors import CheckpointError, TrainingError
-from posevla.models import PoseVLM, get_model_config
+from posevla.models import PoseTextTokenizer, PoseVLM, get_model_config
 from posevla.tokens import BinSpec, PoseCodec
 from posevla.training.checkpoint import (
     load_model_weights,
@@ -78,8 +78,9 @@ def build_model(cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = No
     if cfg.base != "scratch":
         mcfg = dataclasses.replace(mcfg, base=cfg.base)
     codec = PoseCodec(bins)
-    model, tokenizer = PoseVLM.build(mcfg, codec.vocabulary(), tokenizer_dir=tokenizer_dir)
-    return mcfg, codec, model, tokenizer
+    tokenizer = PoseTextTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    model = PoseVLM.build(mcfg, tokenizer, codec.vocabulary())
+    return mcfg, codec, model, model.tokenizer
 
 
 def _read_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
@@ -151,16 +152,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
     if ckpt_dir is not None:
         state = load_training_state(ckpt_dir, optimizer, scheduler)
         start_step = int(state["step"])
+        # The schedule follows the *current* config (e.g. a run resumed with a larger --steps).
+        for g, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["lr"] = base_lr * lr_lambda(cfg)(start_step)
         print(f"[posevla] resumed from {ckpt_dir} at step {start_step}")
 
     spec = ExampleSpec(
         image_size=mcfg.image_size,
         num_views=mcfg.num_views,
-        n_image_tokens=mcfg.n_image_tokens,
+        n_image_tokens=mcfg.tokens_per_view,
         prompt_len=mcfg.prompt_len,
     )
     dataset = GroundingDataset(scenes, spec, negative_prob=cfg.negative_prob, seed=cfg.seed)
-    resolved = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(mcfg), "categories": dataset.categories}
+    resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(), "categories": dataset.categories}
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
     bins.save(out_dir / "bins.json")
 
