@@ -347,6 +347,7 @@ class PoseVLM(nn.Module):
         max_new_tokens: int,
         *,
         use_cache: bool = True,
+        family_decisions: bool = True,
     ) -> list[GenerationResult]:
         """Greedy decoding from equal-length prefixes, one grammar (or None = unconstrained) per sample.
 
@@ -354,6 +355,12 @@ class PoseVLM(nn.Module):
         the whole sequence every step; same ids, for testing). At each step the sample's grammar mask
         (`allowed_mask`) is applied to the logits before the argmax. A sample stops at EOS or when its grammar
         is done; finished samples are fed PAD (ignored). Runs in eval mode (no prior dropout).
+
+        With ``family_decisions`` (default) a step first picks the *kind* of token by total probability, then
+        the most likely token of that kind: the choice "another object (a ``<loc…>`` token, any of 1024)"
+        versus ``<no_object>`` or ``</image i>`` compares the summed mass of the whole loc family with the
+        single structural token. Plain per-token greedy would almost always stop early, because the mass of
+        "there is an object" is spread over many loc bins while "no object" is one token.
         """
         input_ids = batch_prefix["input_ids"]
         B, P = input_ids.shape
@@ -381,6 +388,7 @@ class PoseVLM(nn.Module):
 
             out = self._lm(input_ids, attn, ttype, feats, use_cache=use_cache)
             logits = self._head(out.last_hidden_state[:, -1])
+            groups = self._token_groups(logits.shape[-1], device) if family_decisions else None
             cache = out.cache if use_cache else None
             seq, seq_attn, seq_type = input_ids, attn, ttype
             for _ in range(max_new_tokens):
@@ -394,6 +402,8 @@ class PoseVLM(nn.Module):
                             m[eos] = True
                         allowed[i] = m
                 masked = logits.masked_fill(~allowed.to(device), float("-inf"))
+                if family_decisions:
+                    masked = self._keep_best_family(masked, groups)
                 nxt = masked.argmax(-1)
                 for i in range(B):
                     if done[i]:
@@ -425,3 +435,24 @@ class PoseVLM(nn.Module):
             self.train(was_training)
 
     generate_poses = generate  # docs/design.md name
+
+    _FAMILY_PREFIXES = ("<loc", "<transXY", "<transZ", "<size", "<rot")
+
+    def _token_groups(self, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """(V,) group id per token: one group per pose-token family, every other token its own group."""
+        groups = torch.arange(vocab_size, dtype=torch.long) + len(self._FAMILY_PREFIXES)
+        for tok in self.tokenizer.pose_tokens:
+            for g, prefix in enumerate(self._FAMILY_PREFIXES):
+                if tok.startswith(prefix) and tok[len(prefix) : -1].isdigit():
+                    groups[self.tokenizer.token_to_id(tok)] = g
+                    break
+        return groups.to(device)
+
+    @staticmethod
+    def _keep_best_family(masked_logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Mask every token outside the group with the largest total probability (per row)."""
+        probs = torch.softmax(masked_logits.float(), dim=-1)  # (B, V); disallowed tokens have 0
+        mass = torch.zeros(probs.shape[0], int(groups.max()) + 1, device=probs.device)
+        mass.scatter_add_(1, groups.expand_as(probs), probs)  # (B, n_groups)
+        best = mass.argmax(-1, keepdim=True)  # (B, 1)
+        return masked_logits.masked_fill(groups.unsqueeze(0) != best, float("-inf"))
