@@ -30,6 +30,7 @@ def main() -> None:
 
     load_catalogue()  # warm the mesh cache so it is not timed
     print(f"generate_dataset: {args.n} scenes x 3 views at {args.width}x{args.height}, cpus={os.cpu_count()}")
+    rates = {}
     for w in args.workers:
         root = tempfile.mkdtemp(prefix=f"posevla_bench_w{w}_")
         try:
@@ -37,12 +38,17 @@ def main() -> None:
                                  workers=w, progress=False)
         finally:
             shutil.rmtree(root, ignore_errors=True)
+        rates[w] = s["scenes_per_s"]
         proj = 2000 / s["scenes_per_s"]
         print(
             f"workers={w}: {s['scenes']} scenes, {s['images']} images, {s['annotations']} annotations in "
             f"{s['seconds']:.1f} s -> {s['scenes_per_s']:.2f} scenes/s ({3 * s['scenes_per_s']:.1f} images/s); "
             f"projected 2,000 scenes: {proj / 60:.1f} min ({'meets' if proj <= 300 else 'misses'} the 5 min target)"
         )
+    if len(rates) > 1:
+        base = args.workers[0]
+        for w in args.workers[1:]:
+            print(f"speed-up workers={w} vs workers={base}: {rates[w] / rates[base]:.2f}x")
 
 
 if __name__ == "__main__":

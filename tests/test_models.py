@@ -395,3 +395,49 @@ def test_load_hf_dir(tmp_path, cfg, codec):
     # the loaded model runs
     b = _batch(m, codec, B=1)
     assert torch.isfinite(m.compute_loss(b)["loss"])
+
+
+def test_family_decision_sums_the_loc_mass():
+    """'Another object' (mass spread over many loc tokens) must beat a single <no_object> token at 0.3."""
+    from posevla.models.posevlm import PoseVLM
+
+    V = 16
+    groups = torch.tensor([0] * 10 + list(range(10 + 5, V + 5)))  # ids 0..9: one family; others alone
+    probs = torch.full((1, V), 1e-6)
+    probs[0, :10] = 0.07  # family total 0.7
+    probs[0, 12] = 0.3  # the single most likely token
+    logits = probs.log()
+    kept = PoseVLM._keep_best_family(logits, groups)
+    assert int(kept.argmax()) in range(10)
+    probs[0, :10] = 0.01  # family total 0.1 < 0.3
+    kept = PoseVLM._keep_best_family(probs.log(), groups)
+    assert int(kept.argmax()) == 12
+
+
+def test_ordinal_loss_prefers_near_misses():
+    """With ordinal soft targets, mass one bin off costs less than mass far off; sigma=0 is plain CE."""
+    import numpy as np
+
+    from posevla.models import PoseVLM, get_model_config
+    from posevla.tokens import BinSpec, PoseCodec
+
+    bins = BinSpec.fit(np.linspace(-1, 1, 40), np.linspace(0.2, 2, 40), np.linspace(0.01, 0.3, 40),
+                       n_trans_xy=8, n_trans_z=8, n_size=8, n_rot=12, n_loc=16)
+    model = PoseVLM.build(get_model_config("tiny"), None, PoseCodec(bins).vocabulary())
+    tok = model.tokenizer
+    ids = [tok.token_to_id(f"<transZ{k:04d}>") for k in range(8)]
+    V = tok.vocab_size
+    tgt = torch.tensor([ids[3]])
+
+    def logits_peaked_at(j):
+        x = torch.full((1, V), -10.0)
+        x[0, j] = 5.0
+        return x
+
+    near = model._ordinal_cross_entropy(logits_peaked_at(ids[4]), tgt, 1.0)
+    far = model._ordinal_cross_entropy(logits_peaked_at(ids[7]), tgt, 1.0)
+    exact = model._ordinal_cross_entropy(logits_peaked_at(ids[3]), tgt, 1.0)
+    assert exact < near < far
+    plain_near = torch.nn.functional.cross_entropy(logits_peaked_at(ids[4]), tgt)
+    plain_far = torch.nn.functional.cross_entropy(logits_peaked_at(ids[7]), tgt)
+    assert torch.isclose(plain_near, plain_far)

@@ -46,10 +46,10 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
 
 
 def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
-    from posevla.data.scenes import generate_dataset
+    from posevla.data.scenes import GENERATOR_VERSION, generate_dataset
 
     marker = root / "generation.json"
-    want = {"num_scenes": n, "seed": seed, "width": cfg.width, "height": cfg.height}
+    want = {"num_scenes": n, "seed": seed, "width": cfg.width, "height": cfg.height, "version": GENERATOR_VERSION}
     if not cfg.regenerate and marker.exists() and (root / "dataset.json").exists():
         have = json.loads(marker.read_text())
         if have.get("params") == want:

@@ -45,6 +45,7 @@ def fit_bins(
     n_trans_z: int = 2048,
     n_size: int = 2048,
     n_rot: int = 360,
+    n_loc: int = 1024,
     description: str = "",
     label_filter: LabelFilter | None = None,
 ) -> BinSpec:
@@ -58,5 +59,6 @@ def fit_bins(
         n_trans_z=n_trans_z,
         n_size=n_size,
         n_rot=n_rot,
+        n_loc=n_loc,
         description=description or f"fitted on {len(labels['trans_z'])} objects from {len(scenes)} scenes",
     )

@@ -71,7 +71,7 @@ _ZNEAR = 0.01
 _ZFAR = 5.0
 _HIDDEN_GROUP = 3
 TABLE_HEIGHT = 0.75  # the floor is this far below the table top
-_VERSION = 1
+GENERATOR_VERSION = 2  # bump when the same seed would give different scenes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,9 +146,17 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
 
 
-def _random_rgba(rng: np.random.Generator, s_range=(0.3, 0.95), v_range=(0.35, 1.0)) -> np.ndarray:
-    rgb = _hsv_to_rgb(rng.random(), rng.uniform(*s_range), rng.uniform(*v_range))
-    return np.concatenate([rgb, [1.0]])
+_GOLDEN = 0.618033988749895
+
+
+def _category_rgba(category_index: int, rng: np.random.Generator) -> np.ndarray:
+    """A category's own hue (spread by the golden ratio) with per-instance shade variation.
+
+    Real objects of one kind look alike (every mustard bottle is yellow); a per-category hue keeps the
+    recognition problem that of real data, while saturation/brightness/hue jitter varies each instance.
+    """
+    hue = (category_index * _GOLDEN + rng.uniform(-0.03, 0.03)) % 1.0
+    return np.concatenate([_hsv_to_rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.5, 1.0)), [1.0]])
 
 
 def _look_at(pos: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray:
@@ -177,7 +185,7 @@ def _orbit_camera(rng, target, dist_range, elev_deg_range, roll_deg, fovy_range,
 
 def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = None) -> SceneSpec:
     """The random content of scene ``index`` (depends only on ``(seed, index)``)."""
-    rng = np.random.default_rng([int(seed), int(index), _VERSION])
+    rng = np.random.default_rng([int(seed), int(index), GENERATOR_VERSION])
     table_half = np.array([rng.uniform(0.45, 0.7), rng.uniform(0.35, 0.5)])
     table_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.35, 0.8)), [1.0]])
     floor_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.6)), [1.0]])
@@ -194,7 +202,8 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
     for _attempt in range(40):
         if len(placed) >= n_target:
             break
-        spec = CATALOGUE[int(rng.integers(len(CATALOGUE)))]
+        spec_index = int(rng.integers(len(CATALOGUE)))
+        spec = CATALOGUE[spec_index]
         if counts.get(spec.name, 0) >= INSTANCES_PER_CATEGORY:
             continue
         if spec.kind == "mesh":
@@ -225,7 +234,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
         else:
             continue
         center = np.array([xy[0], xy[1], half_world[2]])  # resting on the table top (z = 0)
-        rgba = _random_rgba(rng)
+        rgba = _category_rgba(spec_index, rng)
         if spec.kind == "mesh":
             pts, nrm = mesh.points, mesh.normals
         else:
@@ -632,7 +641,7 @@ def generate_dataset(
         "info": {
             "name": "posevla-tabletop",
             "source": "posevla.data.scenes (MuJoCo)",
-            "version": _VERSION,
+            "version": GENERATOR_VERSION,
             "seed": int(seed),
             "num_scenes": int(num_scenes),
             "width": int(width),

@@ -320,8 +320,16 @@ class PoseVLM(nn.Module):
         """Full fp32 logits (B, L, vocab); position t predicts token t+1. For tests and analysis."""
         return self._head(self.hidden_states(batch))
 
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``dict(loss, n_tokens, token_acc)``: mean fp32 CE over answer tokens (labels ≠ −100)."""
+    def compute_loss(self, batch: dict[str, torch.Tensor], *, ordinal_sigma: float = 0.0) -> dict[str, torch.Tensor]:
+        """``dict(loss, n_tokens, token_acc)``: mean fp32 CE over answer tokens (labels ≠ −100).
+
+        Args:
+            ordinal_sigma: 0 = plain next-token cross-entropy (the paper). > 0 = for targets in an ordinal
+                pose-token family (loc / transXY / transZ / size / rot), the target distribution is a Gaussian
+                over that family's bins centred on the true bin with this std (in bins), so a prediction
+                one bin off is penalised less than one far off. Speeds up learning of the value tokens for
+                small models trained from scratch; the argmax target is unchanged.
+        """
         hidden = self.hidden_states(batch)
         targets = batch["labels"][:, 1:].to(hidden.device)
         sel = targets != IGNORE_INDEX
@@ -330,10 +338,44 @@ class PoseVLM(nn.Module):
             raise DataError("batch has no answer tokens (all labels are -100)", field="labels")
         logits = self._head(hidden[:, :-1][sel])  # (N, vocab) fp32
         tgt = targets[sel]
-        loss = F.cross_entropy(logits, tgt)
+        if ordinal_sigma > 0:
+            loss = self._ordinal_cross_entropy(logits, tgt, ordinal_sigma)
+        else:
+            loss = F.cross_entropy(logits, tgt)
         with torch.no_grad():
             acc = (logits.argmax(-1) == tgt).float().mean()
         return {"loss": loss, "n_tokens": n, "token_acc": acc}
+
+    def _family_bins(self, device: torch.device) -> list[torch.Tensor]:
+        """Per ordinal family, the token ids ordered by bin index (cached)."""
+        cache = getattr(self, "_family_bins_cache", None)
+        if cache is None or cache[0] != self.tokenizer.vocab_size:
+            fams: list[dict[int, int]] = [{} for _ in self._FAMILY_PREFIXES]
+            for tok in self.tokenizer.pose_tokens:
+                for g, prefix in enumerate(self._FAMILY_PREFIXES):
+                    if tok.startswith(prefix) and tok[len(prefix) : -1].isdigit():
+                        fams[g][int(tok[len(prefix) : -1])] = self.tokenizer.token_to_id(tok)
+                        break
+            ids = [torch.tensor([f[k] for k in sorted(f)], dtype=torch.long) for f in fams if f]
+            cache = (self.tokenizer.vocab_size, ids)
+            self._family_bins_cache = cache
+        return [t.to(device) for t in cache[1]]
+
+    def _ordinal_cross_entropy(self, logits: torch.Tensor, tgt: torch.Tensor, sigma: float) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)  # (N, V)
+        per_token = -logp.gather(1, tgt[:, None])[:, 0]  # (N,) plain CE
+        for ids in self._family_bins(logits.device):
+            rank = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
+            rank[ids] = torch.arange(len(ids), device=logits.device)
+            k = rank[tgt]  # (N,) bin index of the target, -1 outside this family
+            rows = (k >= 0).nonzero()[:, 0]
+            if rows.numel() == 0:
+                continue
+            bins = torch.arange(len(ids), device=logits.device, dtype=torch.float32)
+            q = torch.exp(-0.5 * ((bins[None] - k[rows, None].float()) / sigma) ** 2)  # (n, K)
+            q = q / q.sum(-1, keepdim=True)
+            per_token = per_token.index_put((rows,), -(q * logp[rows][:, ids]).sum(-1))
+        return per_token.mean()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.compute_loss(batch)

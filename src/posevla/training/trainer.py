@@ -126,6 +126,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             n_trans_z=cfg.n_trans_z,
             n_size=cfg.n_size,
             n_rot=cfg.n_rot,
+            n_loc=cfg.n_loc,
             description=f"fitted on {cfg.train_data}",
         )
         tokenizer_dir = None
@@ -198,7 +199,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             _, batch = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(device, use_bf16):
-                out = model.compute_loss(batch)
+                out = model.compute_loss(batch, ordinal_sigma=cfg.ordinal_sigma)
             loss = out["loss"]
             if loss_hook is not None:
                 loss = loss_hook(step, loss)
