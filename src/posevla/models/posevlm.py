@@ -356,7 +356,7 @@ class PoseVLM(nn.Module):
                     if tok.startswith(prefix) and tok[len(prefix) : -1].isdigit():
                         fams[g][int(tok[len(prefix) : -1])] = self.tokenizer.token_to_id(tok)
                         break
-            ids = [torch.tensor([f[k] for k in sorted(f)], dtype=torch.long) for f in fams if f]
+            ids = [torch.tensor([f[k] for k in sorted(f)], dtype=torch.long) for f in fams]
             cache = (self.tokenizer.vocab_size, ids)
             self._family_bins_cache = cache
         return [t.to(device) for t in cache[1]]
@@ -365,6 +365,8 @@ class PoseVLM(nn.Module):
         logp = torch.log_softmax(logits, dim=-1)  # (N, V)
         per_token = -logp.gather(1, tgt[:, None])[:, 0]  # (N,) plain CE
         for ids in self._family_bins(logits.device):
+            if ids.numel() == 0:
+                continue
             rank = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
             rank[ids] = torch.arange(len(ids), device=logits.device)
             k = rank[tgt]  # (N,) bin index of the target, -1 outside this family
@@ -390,6 +392,7 @@ class PoseVLM(nn.Module):
         *,
         use_cache: bool = True,
         family_decisions: bool = True,
+        median_values: bool = True,
     ) -> list[GenerationResult]:
         """Greedy decoding from equal-length prefixes, one grammar (or None = unconstrained) per sample.
 
@@ -403,6 +406,10 @@ class PoseVLM(nn.Module):
         versus ``<no_object>`` or ``</image i>`` compares the summed mass of the whole loc family with the
         single structural token. Plain per-token greedy would almost always stop early, because the mass of
         "there is an object" is spread over many loc bins while "no object" is one token.
+        With ``median_values`` (default) a value token of a linear family (loc, transXY, transZ, size) is the
+        median bin of the predicted distribution over that family instead of its mode: the L1-optimal point
+        estimate, more robust than the mode when the distribution is broad or multi-peaked. Rotation bins
+        wrap around at ±π, so they keep the mode.
         """
         input_ids = batch_prefix["input_ids"]
         B, P = input_ids.shape
@@ -447,6 +454,8 @@ class PoseVLM(nn.Module):
                 if family_decisions:
                     masked = self._keep_best_family(masked, groups)
                 nxt = masked.argmax(-1)
+                if family_decisions and median_values:
+                    nxt = self._median_in_family(masked, nxt, groups)
                 for i in range(B):
                     if done[i]:
                         nxt[i] = pad
@@ -489,6 +498,22 @@ class PoseVLM(nn.Module):
                     groups[self.tokenizer.token_to_id(tok)] = g
                     break
         return groups.to(device)
+
+    _LINEAR_FAMILIES = (0, 1, 2, 3)  # loc, transXY, transZ, size (rot wraps around)
+
+    def _median_in_family(self, masked_logits: torch.Tensor, nxt: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Replace each row's token of a linear value family by the median bin of that family."""
+        out = nxt.clone()
+        fams = self._family_bins(masked_logits.device)
+        for g in self._LINEAR_FAMILIES:
+            ids = fams[g]
+            rows = (groups[nxt] == g).nonzero()[:, 0]
+            if rows.numel() == 0 or ids.numel() == 0:
+                continue
+            p = torch.softmax(masked_logits[rows][:, ids].float(), dim=-1)  # (n, K) bins in order
+            k = (p.cumsum(-1) < 0.5).sum(-1).clamp(max=ids.numel() - 1)  # first bin with cdf >= 0.5
+            out[rows] = ids[k]
+        return out
 
     @staticmethod
     def _keep_best_family(masked_logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
