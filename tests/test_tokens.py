@@ -401,3 +401,28 @@ def test_quantization_report(fitted: BinSpec) -> None:
     assert 0 < fams["size"]["bins_used"] <= fams["size"]["bins_total"] == 128
     table = format_report(rep)
     assert "trans_xy" in table and "bins used" in table and rep["fingerprint"] in table
+
+
+def test_grammar_entry_bound_caps_the_answer_length():
+    """With max_entries_per_view, a decoder that always wants 'one more object' still ends within max_length."""
+    import numpy as np
+
+    from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
+
+    bins = BinSpec.fit(np.linspace(-1, 1, 30), np.linspace(0.2, 2, 30), np.linspace(0.01, 0.3, 30),
+                       n_trans_xy=4, n_trans_z=4, n_size=4, n_rot=8, n_loc=8)
+    codec = PoseCodec(bins)
+    vocab = codec.vocabulary() + [";"]
+    token_ids = {t: i for i, t in enumerate(vocab)}
+    name, eos = [len(vocab), len(vocab) + 1], len(vocab) + 2
+    g = PoseGrammar(token_ids, eos, [name], num_views=3, allow_empty_view=False, max_entries_per_view=2)
+    state, out = g.start(), []
+    while not g.is_done(state):
+        allowed = g.allowed(state)
+        # always prefer another entry (the name tokens) over closing the view
+        tok = next((t for t in name if t in allowed), min(allowed))
+        state = g.advance(state, tok)
+        out.append(tok)
+        assert len(out) <= g.max_length()
+    assert out.count(token_ids[";"]) == 3 * 2  # exactly the bound in every view
+    assert len(out) == g.max_length()  # the bound is tight for this decoder

@@ -112,7 +112,14 @@ def _entry_scores(ids: Sequence[int], logprobs: Sequence[float], sep_id: int) ->
 class GroundingPredictor:
     """Loads a checkpoint and turns (scene, category) prompts into 3D boxes per view."""
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        max_instances_per_view: int = 8,
+    ) -> None:
         from posevla.training.checkpoint import load_model_weights, read_checkpoint_meta
         from posevla.training.config import TrainConfig
         from posevla.training.runtime import pick_device_and_precision
@@ -134,6 +141,7 @@ class GroundingPredictor:
         )
         self.token_ids = self.tokenizer.pose_token_ids(self.codec.vocabulary() + [";"])
         self.sep_id = self.token_ids[";"]
+        self.max_instances_per_view = max_instances_per_view
 
     def grammar(self, category: str) -> PoseGrammar:
         return PoseGrammar(
@@ -143,17 +151,20 @@ class GroundingPredictor:
             num_views=self.spec.num_views,
             kind="object",
             allow_empty_view=False,
+            max_entries_per_view=self.max_instances_per_view,
         )
 
     @torch.no_grad()
-    def predict(self, examples: Sequence, max_new_tokens: int = 256) -> list[list[list[Box3D]]]:
-        """For each example: per view, the decoded boxes."""
+    def predict(self, examples: Sequence) -> list[list[list[Box3D]]]:
+        """For each example: per view, the decoded boxes (the grammar bounds the length, so it always parses)."""
         from posevla.training.runtime import autocast_context
 
         batch = collate(examples, self.codec, self.tokenizer, self.spec, with_answer=False)
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        grammars = [self.grammar(ex.category) for ex in examples]
+        max_new = max(g.max_length() for g in grammars)
         with autocast_context(self.device, self.use_bf16):
-            results = self.model.generate(batch, [self.grammar(ex.category) for ex in examples], max_new_tokens)
+            results = self.model.generate(batch, grammars, max_new)
         out = []
         for ex, res in zip(examples, results):
             views = self.codec.parse(self.tokenizer.decode(res.ids))

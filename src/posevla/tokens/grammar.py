@@ -50,10 +50,13 @@ class PoseGrammar:
         kind: ``"object"`` (4 loc + size tokens) or ``"waypoint"`` (2 loc tokens, no size).
         allow_negative: allow ``name <no_object>`` as a view's content.
         allow_empty_view: allow ``<image i></image i>``.
+        max_entries_per_view: after this many entries a view must close (None = unbounded). With a bound,
+            every answer fits in :meth:`max_length` tokens, so decoding can never be cut off mid-entry.
 
     State phases: ``("open", v)`` expects ``<image v>``; ``("view", v)`` just after it; ``("name", v, node,
-    first)`` inside a name (trie node, whether it is the view's first entry); ``("neg", v)`` after
-    ``<no_object>``; ``("field", v, k)`` at field ``k`` of an entry; ``("next", v)`` after ``;``; ``("eos",)``
+    first, n)`` inside a name (trie node, whether it is the view's first entry, entries before it); ``("neg", v)`` after
+    ``<no_object>``; ``("field", v, k, n)`` at field ``k`` of an entry; ``("next", v, n)`` after ``;`` (``n``
+    entries so far in the view); ``("eos",)``
     after the last view; ``("done",)`` after EOS.
     """
 
@@ -67,7 +70,11 @@ class PoseGrammar:
         kind: Literal["object", "waypoint"] = "object",
         allow_negative: bool = True,
         allow_empty_view: bool = True,
+        max_entries_per_view: int | None = None,
     ) -> None:
+        if max_entries_per_view is not None and max_entries_per_view < 1:
+            raise ConfigError(f"max_entries_per_view must be >= 1 or None, got {max_entries_per_view}")
+        self.max_entries_per_view = max_entries_per_view
         if kind not in ("object", "waypoint"):
             raise ConfigError(f"kind must be 'object' or 'waypoint', got {kind!r}")
         if num_views < 1:
@@ -156,7 +163,7 @@ class PoseGrammar:
             if self.allow_empty_view:
                 ids.append(self._close[state[1]])
         elif phase == "name":
-            _, v, node, first = state
+            _, v, node, first, _n = state
             ids = list(self._children[node])
             if self._terminal[node]:
                 arr = np.concatenate([np.array(ids, dtype=np.int64), self._fam["loc"]])
@@ -172,7 +179,9 @@ class PoseGrammar:
             else:
                 return self._fam[f]
         elif phase == "next":
-            ids = list(self._children[0]) + [self._close[state[1]]]
+            ids = [self._close[state[1]]]
+            if self.max_entries_per_view is None or state[2] < self.max_entries_per_view:
+                ids += list(self._children[0])
         elif phase in ("eos", "done"):
             ids = [self.eos_id]
         else:
@@ -218,21 +227,35 @@ class PoseGrammar:
             v = state[1]
             if tid == self._close[v]:
                 return self._after_close(v)
-            return ("name", v, self._children[0][tid], phase == "view")
+            n = state[2] if phase == "next" else 0  # entries already in this view
+            return ("name", v, self._children[0][tid], phase == "view", n)
         if phase == "name":
-            _, v, node, first = state
+            _, v, node, first, n = state
             child = self._children[node].get(tid)
             if child is not None:
-                return ("name", v, child, first)
+                return ("name", v, child, first, n)
             if tid == self._no_object:
                 return ("neg", v)
-            return ("field", v, 1)  # a loc token: first field consumed
+            return ("field", v, 1, n)  # a loc token: first field consumed
         if phase == "neg":
             return self._after_close(state[1])
         if phase == "field":
-            k = state[2] + 1
-            return ("next", state[1]) if k == len(self._fields) else ("field", state[1], k)
+            _, v, k, n = state
+            k += 1
+            return ("next", v, n + 1) if k == len(self._fields) else ("field", v, k, n)
         return ("done",)  # "eos" or "done"
+
+    def max_length(self) -> int:
+        """Most tokens an answer can take, EOS included (needs ``max_entries_per_view``)."""
+        if self.max_entries_per_view is None:
+            raise ConfigError("max_length() needs max_entries_per_view to be set")
+        depth = self._name_depth()
+        per_entry = depth + len(self._fields)
+        per_view = 2 + max(self.max_entries_per_view * per_entry, depth + 1)
+        return self.num_views * per_view + 1
+
+    def _name_depth(self, node: int = 0) -> int:
+        return max((1 + self._name_depth(c) for c in self._children[node].values()), default=0)
 
     def _after_close(self, v: int) -> GrammarState:
         return ("open", v + 1) if v + 1 < self.num_views else ("eos",)
