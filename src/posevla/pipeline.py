@@ -30,9 +30,9 @@ class DemoConfig:
     height: int = 192
     seed: int = 0
     workers: int = 2
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 1e-3
+    steps: int = 1800
+    batch_size: int = 8
+    lr: float = 2e-3
     eval_scenes: int = 100
     regenerate: bool = False
     """Regenerate the scenes even if a matching dataset exists."""
@@ -94,7 +94,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        warmup_steps=min(100, max(1, cfg.steps // 10)),
+        warmup_steps=min(50, max(1, cfg.steps // 10)),
         save_every=max(cfg.steps // 3, 1),
         log_every=max(1, min(10, cfg.steps // 50)),
         progress=cfg.progress,

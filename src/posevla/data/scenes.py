@@ -71,7 +71,8 @@ _ZNEAR = 0.01
 _ZFAR = 5.0
 _HIDDEN_GROUP = 3
 TABLE_HEIGHT = 0.75  # the floor is this far below the table top
-GENERATOR_VERSION = 2  # bump when the same seed would give different scenes
+WORKSPACE_HALF = np.array([0.32, 0.24])  # metres, half extents of the area objects are placed in
+GENERATOR_VERSION = 3  # bump when the same seed would give different scenes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,6 +195,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
     ])
     light_diffuse = np.stack([np.full(3, rng.uniform(0.2, 0.45)) for _ in range(2)])
 
+    work_half = np.minimum(table_half, WORKSPACE_HALF)  # objects stay in the robot's reach
     n_target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     counts: dict[str, int] = {}
     placed: list[PlacedObject] = []
@@ -218,8 +220,8 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
             R = _rot_z(rng.uniform(-math.pi, math.pi)) @ _FACE_ROTATIONS[int(rng.integers(6))]
         # world AABB of the rotated object box (exact in z: the up axis is a local axis)
         half_world = np.abs(R) @ (dims / 2)
-        lo_x, hi_x = -table_half[0] + margin + half_world[0], table_half[0] - margin - half_world[0]
-        lo_y, hi_y = -table_half[1] + margin + half_world[1], table_half[1] - margin - half_world[1]
+        lo_x, hi_x = -work_half[0] + margin + half_world[0], work_half[0] - margin - half_world[0]
+        lo_y, hi_y = -work_half[1] + margin + half_world[1], work_half[1] - margin - half_world[1]
         if lo_x >= hi_x or lo_y >= hi_y:
             continue
         for _try in range(25):
@@ -244,7 +246,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
         counts[spec.name] = counts.get(spec.name, 0) + 1
 
     table_target = np.array([rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), 0.0])
-    cams = [_orbit_camera(rng, table_target, (0.7, 1.2), (35.0, 65.0), 3.0, (50.0, 65.0), "head")]
+    cams = [_orbit_camera(rng, table_target, (0.6, 0.9), (35.0, 65.0), 3.0, (45.0, 60.0), "head")]
     for name in CAMERAS[1:]:
         if placed:
             obj = placed[int(rng.integers(len(placed)))]

@@ -156,8 +156,8 @@ class PoseVLMConfig:
 
 MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
     "tiny": PoseVLMConfig(
-        # Sized to pre-train on a 2-core CPU in minutes: 96 px views, 6x6 patches each (108 image tokens
-        # for 3 views), a 4-layer 128-wide Gemma. Compute is dominated by the text sequence (prefix +
+        # Sized to pre-train on a 2-core CPU in minutes: 128 px views, 8x8 patches each (192 image
+        # tokens for 3 views), a 4-layer 128-wide Gemma. Compute is dominated by the text sequence (prefix +
         # ~120 answer tokens), so width and image tokens are what to change when scaling.
         name="tiny",
         vision_hidden=96,
@@ -165,7 +165,7 @@ MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
         vision_heads=3,
         vision_mlp=384,
         patch_size=16,
-        image_size=96,
+        image_size=128,
         text_hidden=128,
         text_layers=4,
         text_heads=4,
@@ -173,7 +173,7 @@ MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
         head_dim=32,
         text_mlp=512,
         projection_dim=128,
-        prompt_len=24,
+        prompt_len=16,
         max_position_embeddings=2048,
     ),
     # spec §1.1: SigLIP So400m/14 @224 + Gemma-2B (paligemma-3b-pt-224).

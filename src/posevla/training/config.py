@@ -66,9 +66,10 @@ def _stage1_tiny() -> TrainConfig:
         name="stage1-tiny",
         model="tiny",
         steps=2000,
-        batch_size=16,
-        lr=1e-3,
-        warmup_steps=100,
+        batch_size=8,
+        lr=2e-3,
+        warmup_steps=50,
+        ordinal_sigma=1.0,
         # Coarser token families than the paper's (1024 loc / 2048 / 2048 / 2048 / 360): a from-scratch
         # model on a CPU budget sees each bin far more often. Quantisation error stays well under the
         # IoU tolerances (see `posevla tokens report`).
