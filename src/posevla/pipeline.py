@@ -28,9 +28,15 @@ class DemoConfig:
     val_scenes: int = 100
     width: int = 256
     height: int = 192
+    categories: tuple[str, ...] = (
+        "cracker box", "mustard bottle", "tomato soup can", "banana", "apple",
+        "mug", "bowl", "power drill", "block", "ball",
+    )
+    """Object categories of the demo scenes (10 of the catalogue's 20; fewer categories means more
+    examples of each within the CPU budget)."""
     seed: int = 0
     workers: int = 2
-    steps: int = 1800
+    steps: int = 1500
     batch_size: int = 8
     lr: float = 2e-3
     eval_scenes: int = 100
@@ -49,13 +55,23 @@ def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
     from posevla.data.scenes import GENERATOR_VERSION, generate_dataset
 
     marker = root / "generation.json"
-    want = {"num_scenes": n, "seed": seed, "width": cfg.width, "height": cfg.height, "version": GENERATOR_VERSION}
+    want = {
+        "num_scenes": n,
+        "seed": seed,
+        "width": cfg.width,
+        "height": cfg.height,
+        "categories": list(cfg.categories),
+        "version": GENERATOR_VERSION,
+    }
     if not cfg.regenerate and marker.exists() and (root / "dataset.json").exists():
         have = json.loads(marker.read_text())
         if have.get("params") == want:
             print(f"[demo] reusing {root} ({n} scenes)")
             return have["stats"] | {"reused": True}
-    stats = generate_dataset(root, n, seed=seed, width=cfg.width, height=cfg.height, workers=cfg.workers, progress=cfg.progress)
+    stats = generate_dataset(
+        root, n, seed=seed, width=cfg.width, height=cfg.height, workers=cfg.workers, progress=cfg.progress,
+        categories=cfg.categories,
+    )
     marker.write_text(json.dumps({"params": want, "stats": stats}, indent=2, default=float))
     return stats
 

@@ -41,6 +41,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -184,8 +185,26 @@ def _orbit_camera(rng, target, dist_range, elev_deg_range, roll_deg, fovy_range,
     return CameraPose(name, _look_at(pos, target, roll), float(rng.uniform(*fovy_range)))
 
 
-def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = None) -> SceneSpec:
-    """The random content of scene ``index`` (depends only on ``(seed, index)``)."""
+def _category_pool(categories: Sequence[str] | None) -> list[int]:
+    """Catalogue indices of the categories scenes draw from (all by default)."""
+    if categories is None:
+        return list(range(len(CATALOGUE)))
+    names = [spec.name for spec in CATALOGUE]
+    unknown = [c for c in categories if c not in names]
+    if unknown or not categories:
+        raise DataError(
+            f"unknown or empty category list {list(categories)}",
+            field="categories",
+            fix=f"choose from: {', '.join(names)}",
+        )
+    return [names.index(c) for c in categories]
+
+
+def sample_scene(
+    seed: int, index: int, cache_dir: str | os.PathLike | None = None, categories: Sequence[str] | None = None
+) -> SceneSpec:
+    """The random content of scene ``index`` (depends only on ``(seed, index, categories)``)."""
+    pool = _category_pool(categories)
     rng = np.random.default_rng([int(seed), int(index), GENERATOR_VERSION])
     table_half = np.array([rng.uniform(0.45, 0.7), rng.uniform(0.35, 0.5)])
     table_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.35, 0.8)), [1.0]])
@@ -204,8 +223,8 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
     for _attempt in range(40):
         if len(placed) >= n_target:
             break
-        spec_index = int(rng.integers(len(CATALOGUE)))
-        spec = CATALOGUE[spec_index]
+        pool_index = int(rng.integers(len(pool)))
+        spec = CATALOGUE[pool[pool_index]]
         if counts.get(spec.name, 0) >= INSTANCES_PER_CATEGORY:
             continue
         if spec.kind == "mesh":
@@ -236,7 +255,7 @@ def sample_scene(seed: int, index: int, cache_dir: str | os.PathLike | None = No
         else:
             continue
         center = np.array([xy[0], xy[1], half_world[2]])  # resting on the table top (z = 0)
-        rgba = _category_rgba(spec_index, rng)
+        rgba = _category_rgba(pool_index, rng)
         if spec.kind == "mesh":
             pts, nrm = mesh.points, mesh.normals
         else:
@@ -495,12 +514,18 @@ def depth_to_uint16(depth: np.ndarray, depth_scale: float = DEPTH_SCALE) -> np.n
     return q.astype(np.uint16)
 
 
-def render_scene(renderer: SceneRenderer, seed: int, index: int, root: Path | None = None) -> dict[str, Any]:
+def render_scene(
+    renderer: SceneRenderer,
+    seed: int,
+    index: int,
+    root: Path | None = None,
+    categories: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Render scene ``index`` and return its image and annotation records (ids filled in later).
 
     With ``root`` the PNGs are written under ``root/images`` and ``root/depth``.
     """
-    scene = sample_scene(seed, index, renderer.cache_dir)
+    scene = sample_scene(seed, index, renderer.cache_dir, categories)
     renderer.set_scene(scene)
     W, H = renderer.width, renderer.height
     images, anns, arrays = [], [], []
@@ -548,15 +573,16 @@ def render_scene(renderer: SceneRenderer, seed: int, index: int, root: Path | No
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(width: int, height: int, cache_dir: str, root: str, seed: int) -> None:
+def _worker_init(width: int, height: int, cache_dir: str, root: str, seed: int, categories) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     _WORKER["renderer"] = SceneRenderer(width, height, cache_dir)
     _WORKER["root"] = Path(root)
     _WORKER["seed"] = seed
+    _WORKER["categories"] = categories
 
 
 def _worker_scene(index: int) -> dict[str, Any]:
-    return render_scene(_WORKER["renderer"], _WORKER["seed"], index, _WORKER["root"])
+    return render_scene(_WORKER["renderer"], _WORKER["seed"], index, _WORKER["root"], _WORKER["categories"])
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -581,14 +607,19 @@ def generate_dataset(
     workers: int = 1,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    categories: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Render ``num_scenes`` tabletop scenes (3 views each) into the dataset directory ``root``.
+
+    ``categories`` restricts the objects to a subset of the catalogue (default: all of it).
 
     Returns stats: ``scenes, images, annotations, seconds, scenes_per_s``. ``dataset.json`` is written
     last, atomically, so a directory with a ``dataset.json`` is complete.
     """
     if int(num_scenes) < 0:
         raise DataError(f"num_scenes must be >= 0, got {num_scenes}", field="num_scenes")
+    categories = tuple(categories) if categories is not None else None
+    _category_pool(categories)  # validate before any work
     if int(width) < 16 or int(height) < 16:
         raise DataError(f"image size too small: {width}x{height}", field="width/height", fix="use >= 16 pixels")
     t0 = time.perf_counter()
@@ -611,13 +642,13 @@ def generate_dataset(
     if workers == 1:
         with SceneRenderer(width, height, cache) as r:
             for i in indices:
-                results.append(render_scene(r, seed, i, root))
+                results.append(render_scene(r, seed, i, root, categories))
                 if bar:
                     bar.update(1)
     else:
         ctx = mp.get_context("spawn")
         chunk = max(1, min(8, len(indices) // (workers * 4)))
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(width, height, str(cache), str(root), seed)) as pool:
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(width, height, str(cache), str(root), seed, categories)) as pool:
             for res in pool.imap_unordered(_worker_scene, indices, chunksize=chunk):
                 results.append(res)
                 if bar:
@@ -646,6 +677,7 @@ def generate_dataset(
             "version": GENERATOR_VERSION,
             "seed": int(seed),
             "num_scenes": int(num_scenes),
+            "categories": list(categories) if categories else "all",
             "width": int(width),
             "height": int(height),
             "depth_scale": DEPTH_SCALE,
