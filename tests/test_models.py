@@ -94,7 +94,7 @@ def _batch(model, codec, B=3, seed=0, with_answer=True):
 # ----------------------------------------------------------------------------------------- config
 def test_config_names_and_hf_config():
     tiny = get_model_config("tiny")
-    assert tiny.tokens_per_view == 64 and tiny.n_image_tokens == 192 and tiny.prefix_len == 192 + 24
+    assert tiny.tokens_per_view == 64 and tiny.n_image_tokens == 192 and tiny.prefix_len == 192 + tiny.prompt_len
     big = get_model_config("paligemma-3b")
     assert big.tokens_per_view == 256
     assert (big.vision_hidden, big.vision_layers, big.vision_mlp) == (1152, 27, 4304)

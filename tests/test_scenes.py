@@ -14,6 +14,7 @@ from posevla.data.omni3d import load_depth, load_omni3d, load_rgb
 from posevla.data.scenes import (
     CAMERAS,
     DEPTH_SCALE,
+    WORKSPACE_HALF,
     CameraPose,
     SceneRenderer,
     _look_at,
@@ -70,7 +71,7 @@ def test_scene_sampling_no_overlap_and_resting():
             pts = o.points @ o.R_world.T + o.center_world
             assert pts[:, 2].min() >= -1e-6
             rects.append(np.r_[o.center_world[:2] - half[:2], o.center_world[:2] + half[:2]])
-            assert np.all(np.abs(o.center_world[:2]) + half[:2] <= sc.table_half + 1e-9)
+            assert np.all(np.abs(o.center_world[:2]) + half[:2] <= np.minimum(sc.table_half, WORKSPACE_HALF) + 1e-9)
         for a in range(len(rects)):
             for b in range(a + 1, len(rects)):
                 ra, rb = rects[a], rects[b]
@@ -78,7 +79,7 @@ def test_scene_sampling_no_overlap_and_resting():
                 assert not overlap
         head, w1, w2 = sc.cameras
         d = np.linalg.norm(head.T_world_cam[:3, 3] - 0)  # table centre at origin (target jitter 8 cm)
-        assert 0.6 < d < 1.35
+        assert 0.6 - 0.12 < d < 0.9 + 0.12  # head distance range (0.6, 0.9) m, target jitter
         for w in (w1, w2):
             dmin = min(np.linalg.norm(w.T_world_cam[:3, 3] - o.center_world) for o in sc.objects)
             assert dmin < 0.7
@@ -214,3 +215,13 @@ def test_image_orientation_and_empty_depth(ds, tmp_path):
         assert col @ ref / (np.linalg.norm(col) * np.linalg.norm(ref) + 1e-9) > 0.9
         flipped = depth[47 - vi, ui]
         assert abs(flipped - p[2]) > 0.01 or flipped == 0 or abs(47 - vi - vi) <= 2
+
+
+def test_category_subset_and_unknown_category():
+    from posevla.errors import DataError
+
+    subset = ("mug", "ball")
+    for i in range(5):
+        assert {o.category for o in sample_scene(3, i, categories=subset).objects} <= set(subset)
+    with pytest.raises(DataError, match=r"(?s)unknown or empty category list.*fix: choose from"):
+        sample_scene(3, 0, categories=("mug", "teapot"))
