@@ -36,7 +36,7 @@ class DemoConfig:
     examples of each within the CPU budget)."""
     seed: int = 0
     workers: int = 2
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 8
     lr: float = 2e-3
     eval_scenes: int = 100
