@@ -491,13 +491,10 @@ class PoseVLM(nn.Module):
 
     def _token_groups(self, vocab_size: int, device: torch.device) -> torch.Tensor:
         """(V,) group id per token: one group per pose-token family, every other token its own group."""
-        groups = torch.arange(vocab_size, dtype=torch.long) + len(self._FAMILY_PREFIXES)
-        for tok in self.tokenizer.pose_tokens:
-            for g, prefix in enumerate(self._FAMILY_PREFIXES):
-                if tok.startswith(prefix) and tok[len(prefix) : -1].isdigit():
-                    groups[self.tokenizer.token_to_id(tok)] = g
-                    break
-        return groups.to(device)
+        groups = torch.arange(vocab_size, dtype=torch.long, device=device) + len(self._FAMILY_PREFIXES)
+        for g, ids in enumerate(self._family_bins(device)):
+            groups[ids] = g
+        return groups
 
     _LINEAR_FAMILIES = (0, 1, 2, 3)  # loc, transXY, transZ, size (rot wraps around)
 
