@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from posevla.data.sample import LabelFilter, box2d_to_model, prepare_view
 from posevla.errors import DataError
@@ -83,3 +84,39 @@ def test_grounding_example_from_generated_scene(tiny_dataset):
     text = codec.serialize(ex.views)
     back = codec.parse(text)
     assert [len(v.entries) for v in back] == [len(v.entries) for v in ex.views]
+
+
+def test_cached_views_and_prefetch_give_identical_batches(tiny_dataset):
+    """The view cache and the prefetch thread change speed only: batches are bit-identical."""
+    from posevla.data.fitting import fit_bins
+    from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
+    from posevla.data.omni3d import load_omni3d
+    from posevla.models import PoseTextTokenizer
+    from posevla.tokens import PoseCodec
+
+    scenes = load_omni3d(tiny_dataset / "dataset.json")
+    codec = PoseCodec(fit_bins(scenes, n_trans_xy=16, n_trans_z=16, n_size=16, n_rot=36, n_loc=32))
+    tok = PoseTextTokenizer.build_scratch()
+    tok.add_pose_tokens(codec.vocabulary() + [";"])
+    spec = ExampleSpec(image_size=64, num_views=3, n_image_tokens=16, prompt_len=16)
+    plain = GroundingDataset(scenes, spec, seed=3, cache_views=False)
+    cached = GroundingDataset(scenes, spec, seed=3, cache_views=True)
+    a = iterate_batches(plain, 2, 5, 0, codec, tok, prefetch=0)
+    b = iterate_batches(cached, 2, 5, 0, codec, tok, prefetch=2)
+    for _ in range(2 * len(plain) // 2 + 1):  # past one epoch, so cached views are reused
+        (sa, ba), (sb, bb) = next(a), next(b)
+        assert sa == sb and ba.keys() == bb.keys()
+        for k in ba:
+            assert torch.equal(ba[k], bb[k]), k
+    b.close()
+
+
+def test_prefetch_thread_reraises_data_errors(tiny_dataset):
+    from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
+    from posevla.data.omni3d import load_omni3d
+
+    scenes = load_omni3d(tiny_dataset / "dataset.json")
+    spec = ExampleSpec(image_size=64, num_views=3, n_image_tokens=16, prompt_len=16)
+    ds = GroundingDataset(scenes, spec)
+    with pytest.raises(DataError, match="batch size"):
+        next(iterate_batches(ds, 10_000, 0, 0, None, None, prefetch=2))

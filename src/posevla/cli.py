@@ -6,6 +6,7 @@
   posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
   posevla tokens report --bins B --data D         per-family quantisation error and bin usage
   posevla fit-bins --data D --out bins.json       fit the pose-token bins on a dataset
+  posevla doctor PATH [--bins B]                  check a dataset's conventions and units (Omni3D, BOP, LeRobot)
 
 Each verb parses its own flags with tyro from a frozen dataclass or a typed function, so
 `posevla <verb> --help` lists every option with its default.
@@ -148,6 +149,29 @@ def _fit_bins(argv: list[str]) -> None:
     print(f"wrote {a.out}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DoctorArgs:
+    path: tyro.conf.Positional[str]
+    """Omni3D json (or its folder), BOP dataset root, or LeRobot v3 folder."""
+    bins: str | None = None
+    """bins.json whose coverage of the labels is checked."""
+    categories: str | None = None
+    """BOP obj_id -> name JSON (default: <root>/category_names.json or a built-in map)."""
+    max_views: int = 2000
+    max_depth_images: int = 16
+
+
+def _doctor(argv: list[str]) -> None:
+    from posevla.data.doctor import run_doctor
+
+    a = tyro.cli(DoctorArgs, args=argv, prog="posevla doctor")
+    rep = run_doctor(a.path, bins=a.bins, category_names=a.categories, max_views=a.max_views,
+                     max_depth_images=a.max_depth_images)
+    print(rep.table())
+    if rep.errors:
+        raise SystemExit(1)
+
+
 VERBS = {
     "demo": _demo,
     "generate": _generate,
@@ -155,6 +179,7 @@ VERBS = {
     "eval": _eval,
     "tokens": _tokens,
     "fit-bins": _fit_bins,
+    "doctor": _doctor,
 }
 
 

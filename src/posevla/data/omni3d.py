@@ -28,6 +28,41 @@ from posevla.geometry.rotations import check_rotation_matrix
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
+#: Metres per unit of the 16-bit depth PNGs of each Omni3D source that has depth (spec §2.1). A
+#: json's ``info.depth_scale`` (or ``depth_scale=``) overrides it. Objectron, Hypersim and nuScenes
+#: ship no depth PNG, so they are absent. Keys are matched case-insensitively, ignoring ``-_ ``.
+DEPTH_SCALES: dict[str, float] = {
+    "SUNRGBD": 1e-4,  # SUN RGB-D depth PNG in 0.1 mm
+    "ARKitScenes": 1e-3,  # millimetres
+    "KITTI": 1.0 / 256.0,  # KITTI depth maps: value / 256 = metres
+    "posevla-tabletop": 1e-4,  # posevla.data.scenes
+}
+
+
+def _source_key(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch not in "-_ ")
+
+
+def source_depth_scale(source: str) -> float | None:
+    """Metres per depth-PNG unit of an Omni3D source name (e.g. ``"SUNRGBD"``), or None if unknown."""
+    table = {_source_key(k): v for k, v in DEPTH_SCALES.items()}
+    return table.get(_source_key(source))
+
+
+def dataset_source(info: dict, images: list) -> str | None:
+    """The Omni3D source of a json: ``info.source``, else the first word of ``info.name``, else the
+    first folder of the first image's ``file_path`` (Omni3D paths start with the source, e.g.
+    ``SUNRGBD/kv1/...``)."""
+    for cand in (info.get("source"), str(info.get("name") or "").split(" ")[0]):
+        if isinstance(cand, str) and source_depth_scale(cand) is not None:
+            return cand
+    if images and isinstance(images[0], dict) and isinstance(images[0].get("file_path"), str):
+        first = images[0]["file_path"].replace("\\", "/").split("/")[0]
+        if source_depth_scale(first) is not None:
+            return first
+    src = info.get("source")
+    return src if isinstance(src, str) else None
+
 
 @dataclass
 class Object3D:
@@ -48,9 +83,25 @@ class Object3D:
     depth_min: float | None = None
 
 
+@dataclass(frozen=True)
+class Crop:
+    """A pixel window of a stored image: top-left ``(x0, y0)`` in the stored image of size
+    ``source_width`` x ``source_height``. The window's own size is the view's ``width`` x ``height``."""
+
+    x0: int
+    y0: int
+    source_width: int
+    source_height: int
+
+
 @dataclass
 class View:
-    """One image of a scene. ``T_world_cam`` (OpenCV axes) is ``None`` when the json has none."""
+    """One image of a scene. ``T_world_cam`` (OpenCV axes) is ``None`` when the json has none.
+
+    With ``crop`` set, the view is a window of the stored image (pseudo multi-view,
+    :mod:`posevla.data.views`): ``K``, ``width`` and ``height`` describe the window, and
+    :func:`load_rgb` / :func:`load_depth` return the window's pixels.
+    """
 
     image_path: Path
     depth_path: Path | None
@@ -62,6 +113,7 @@ class View:
     camera: str = ""
     image_id: Any = None
     depth_scale: float | None = None
+    crop: Crop | None = None
 
 
 @dataclass
@@ -148,7 +200,8 @@ def load_omni3d(
 
     Args:
         json_path: the dataset json.
-        depth_scale: metres per depth-PNG unit; defaults to ``info.depth_scale`` of the json.
+        depth_scale: metres per depth-PNG unit; defaults to ``info.depth_scale`` of the json, else to
+            the convention of the json's source (:data:`DEPTH_SCALES`, e.g. SUN RGB-D 1e-4 m).
         image_root: base folder of relative ``file_path``/``depth_path``; defaults to the json's folder.
         check_files: check that every image and depth file exists (cheap ``stat``; contents are
             checked when read).
@@ -170,6 +223,9 @@ def load_omni3d(
 
     images = cx.get(data, "images", None, "dataset json")
     anns = cx.get(data, "annotations", None, "dataset json")
+    if depth_scale is None and isinstance(images, list):
+        src = dataset_source(info, images)
+        depth_scale = source_depth_scale(src) if src else None
     if not isinstance(images, list):
         raise cx.err("'images' must be a list", field="images", fix="store images as a json list")
     if not isinstance(anns, list):
@@ -318,13 +374,23 @@ def _open_image(path: Path, view: View, field: str):
     except (OSError, SyntaxError, ValueError, zlib.error, struct.error) as e:
         raise DataError(f"cannot read image ({e})", file=str(path), record=rec, field=field,
                         fix="the file is truncated or corrupt; regenerate or re-download it") from None
-    if img.size != (view.width, view.height):
+    exp_w, exp_h = (view.crop.source_width, view.crop.source_height) if view.crop else (view.width, view.height)
+    if img.size != (exp_w, exp_h):
+        hint = " (width and height swapped: the image is rotated by 90 degrees)" if img.size == (exp_h, exp_w) else ""
         raise DataError(
-            f"image is {img.size[0]}x{img.size[1]} but the json says {view.width}x{view.height}",
+            f"image is {img.size[0]}x{img.size[1]} but the json says {exp_w}x{exp_h}{hint}",
             file=str(path), record=rec, field="width/height",
             fix="fix width/height (and K) in the json, or restore the original image",
         )
     return img, rec
+
+
+def _window(arr: np.ndarray, view: View) -> np.ndarray:
+    """The view's crop window of a full stored image (H, W, ...) -> (height, width, ...)."""
+    if view.crop is None:
+        return arr
+    x0, y0 = int(view.crop.x0), int(view.crop.y0)
+    return arr[y0 : y0 + view.height, x0 : x0 + view.width]
 
 
 def load_rgb(view: View) -> np.ndarray:
@@ -345,7 +411,7 @@ def load_rgb(view: View) -> np.ndarray:
             f"expected an RGB image, got PIL mode {img.mode!r}", file=str(path), record=rec, field="file_path",
             fix="convert the image to 8-bit RGB (e.g. PIL: Image.open(p).convert('RGB').save(p))",
         )
-    arr = np.asarray(img)
+    arr = _window(np.asarray(img), view)
     if arr.dtype != np.uint8 or arr.shape != (view.height, view.width, 3):
         raise DataError(f"expected uint8 (H, W, 3), got {arr.dtype} {arr.shape}", file=str(path), record=rec,
                         field="file_path", fix="convert the image to 8-bit RGB")
@@ -353,7 +419,11 @@ def load_rgb(view: View) -> np.ndarray:
 
 
 def load_depth(view: View, depth_scale: float | None = None) -> np.ndarray:
-    """The view's depth as float32 (H, W) metres, 0 = invalid (from a 16-bit PNG times ``depth_scale``)."""
+    """The view's depth as float32 (H, W) metres, 0 = invalid (from a 16-bit PNG times ``depth_scale``).
+
+    ``depth_scale`` (metres per PNG unit) defaults to the view's, which :func:`load_omni3d` takes from
+    the json's ``info.depth_scale`` or else from the source's convention in :data:`DEPTH_SCALES`.
+    """
     rec = f"image id {view.image_id}" if view.image_id is not None else None
     if view.depth_path is None:
         raise DataError("this view has no depth image", record=rec, field="depth_path",
@@ -370,6 +440,8 @@ def load_depth(view: View, depth_scale: float | None = None) -> np.ndarray:
                         fix="store depth as uint16 PNG (metres / depth_scale, 0 = invalid)")
     img, rec = _open_image(path, view, "depth_path")
     arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = _window(arr, view)
     if arr.ndim != 2 or arr.dtype.kind not in "ui":
         raise DataError(f"expected a single-channel integer depth image, got {arr.dtype} {arr.shape}",
                         file=str(path), record=rec, field="depth_path",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,16 +39,31 @@ from posevla.tokens import PoseEntry, ViewAnswer
 
 @dataclasses.dataclass(frozen=True)
 class LabelFilter:
-    """Which annotated objects are listed in answers and counted as ground truth (spec §2.1)."""
+    """Which annotated objects are listed in answers and counted as ground truth (spec §2.1).
+
+    ``min_box_area_px`` is the smallest area (pixels²) of the image-clipped 2D box; 0 disables it.
+    :meth:`omni3d` gives the spec's filter for real Omni3D images (150 px boxes).
+    """
 
     min_visibility: float = 0.333
     max_truncation: float = 0.33
     min_depth: float = 0.01
     require_center_inside: bool = True
+    min_box_area_px: float = 0.0
+
+    @classmethod
+    def omni3d(cls) -> LabelFilter:
+        """Spec §2.1 filter for Omni3D sources: visibility >= 0.333, truncation <= 0.33, projected
+        centre inside the image, depth >= 0.01 m and a visible 2D box of at least 150 px²."""
+        return cls(min_box_area_px=150.0)
 
     def keep(self, obj: Object3D, K: np.ndarray, width: int, height: int) -> bool:
         if obj.center_cam[2] < self.min_depth:
             return False
+        if self.min_box_area_px > 0:
+            b = np.asarray(obj.bbox2d, np.float64)
+            if not (max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) >= self.min_box_area_px):
+                return False
         if obj.visibility < self.min_visibility or obj.truncation > self.max_truncation:
             return False
         if self.require_center_inside:
@@ -72,8 +87,20 @@ class PreparedView:
     has_depth: bool
 
 
-def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image_size: int) -> PreparedView:
-    """Resize-pad one view to `image_size`² and compute its priors in the model frame."""
+@dataclasses.dataclass(frozen=True)
+class CompactView:
+    """A view after resize-pad, before the float expansion: what a loader may cache (~4× smaller)."""
+
+    canvas: np.ndarray  # (S, S, 3) uint8, zero padding
+    depth: np.ndarray | None  # (S, S) float32 metres, 0 = invalid or padding
+    K_model: np.ndarray  # (3, 3) float64
+    scale: tuple[float, float]
+    pad: tuple[int, int]  # (left, top)
+    size: tuple[int, int]  # (new_w, new_h) of the resized image inside the canvas
+
+
+def resize_pad_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image_size: int) -> CompactView:
+    """Validate one view and resize-pad it to `image_size`² (the expensive, cacheable half of :func:`prepare_view`)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise DataError(
             f"expected an RGB image of shape (H, W, 3) and dtype uint8, got {rgb.shape} {rgb.dtype}",
@@ -95,31 +122,48 @@ def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image
     resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
     canvas = np.zeros((S, S, 3), np.uint8)
     canvas[pad_top : pad_top + new_h, pad_left : pad_left + new_w] = resized
-    pixels = canvas.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0  # (3, S, S)
-    pixels[:, :pad_top] = 0.0
-    pixels[:, pad_top + new_h :] = 0.0
-    pixels[:, :, :pad_left] = 0.0
-    pixels[:, :, pad_left + new_w :] = 0.0
-
-    valid = np.zeros((S, S), bool)
-    valid[pad_top : pad_top + new_h, pad_left : pad_left + new_w] = True
-    ray = ray_map(K_model, S, S, valid)  # (3, S, S)
-
-    depth2 = np.zeros((2, S, S), np.float32)
+    depth_canvas = None
     if depth is not None:
         d = np.asarray(Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32)).resize((new_w, new_h), Image.NEAREST))
-        depth2[0, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = d
-        depth2[1] = (depth2[0] > 0).astype(np.float32)
-        depth2[0] *= depth2[1]
+        depth_canvas = np.zeros((S, S), np.float32)
+        depth_canvas[pad_top : pad_top + new_h, pad_left : pad_left + new_w] = np.where(d > 0, d, 0.0)
+    return CompactView(canvas, depth_canvas, K_model, (sx, sy), (pad_left, pad_top), (new_w, new_h))
+
+
+def expand_view(cv: CompactView) -> PreparedView:
+    """Float pixels in [−1, 1] and the ray / depth priors of a resize-padded view (cheap)."""
+    S = cv.canvas.shape[0]
+    (pad_left, pad_top), (new_w, new_h) = cv.pad, cv.size
+    valid = np.zeros((S, S), bool)
+    valid[pad_top : pad_top + new_h, pad_left : pad_left + new_w] = True
+    pixels = cv.canvas.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0  # (3, S, S)
+    pixels[:, ~valid] = 0.0
+    ray = ray_map(cv.K_model, S, S, valid)  # (3, S, S)
+    depth2 = np.zeros((2, S, S), np.float32)
+    if cv.depth is not None:
+        depth2[0] = cv.depth
+        depth2[1] = (cv.depth > 0).astype(np.float32)
     return PreparedView(
         pixels=pixels,
         ray=ray.astype(np.float32),
         depth=depth2,
-        K_model=K_model,
-        scale=(sx, sy),
-        pad=(pad_left, pad_top),
-        has_depth=depth is not None,
+        K_model=cv.K_model,
+        scale=cv.scale,
+        pad=cv.pad,
+        has_depth=cv.depth is not None,
     )
+
+
+def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image_size: int) -> PreparedView:
+    """Resize-pad one view to `image_size`² and compute its priors in the model frame."""
+    return expand_view(resize_pad_view(rgb, depth, K, image_size))
+
+
+def load_compact_view(view: View, image_size: int, use_depth: bool = True) -> CompactView:
+    """Read a stored view from disk and resize-pad it."""
+    rgb = load_rgb(view)
+    depth = load_depth(view) if (use_depth and view.depth_path) else None
+    return resize_pad_view(rgb, depth, view.K, image_size)
 
 
 def box2d_to_model(box: np.ndarray, prepared: PreparedView, image_size: int) -> np.ndarray:
@@ -206,11 +250,13 @@ def build_grounding_example(
     label_filter: LabelFilter,
     negative_of: str | None = None,
     use_depth: bool = True,
+    view_loader: Callable[[int, View], CompactView] | None = None,
 ) -> GroundingExample:
     """Build the views, priors and answer for `detect the {category}` on one scene.
 
     `negative_of` marks a negative sample: `category` is absent from the scene and every view
-    answers `category<no_object>`.
+    answers `category<no_object>`. `view_loader(view_index, view)` replaces reading the view from
+    disk (a dataset passes a caching one); it must return what :func:`load_compact_view` would.
     """
     if not scene.views:
         raise DataError("scene has no views", record=scene.scene_id, fix="drop the scene or add images")
@@ -220,9 +266,10 @@ def build_grounding_example(
     for i in range(num_views):
         if i < len(views):
             v = views[i]
-            rgb = load_rgb(v)
-            depth = load_depth(v) if (use_depth and v.depth_path) else None
-            pv = prepare_view(rgb, depth, v.K, image_size)
+            if view_loader is not None:
+                pv = expand_view(view_loader(i, v))
+            else:
+                pv = expand_view(load_compact_view(v, image_size, use_depth))
             entries = [] if negative_of else view_entries(v, category, pv, image_size, label_filter)
         else:  # fewer views than slots: an all-zero slot that answers <no_object>
             S = image_size

@@ -26,7 +26,13 @@ from tqdm import tqdm
 
 from posevla.data.loader import ExampleSpec, collate
 from posevla.data.omni3d import Scene, load_omni3d, load_rgb
-from posevla.data.sample import LabelFilter, build_grounding_example, scene_categories
+from posevla.data.sample import (
+    CompactView,
+    LabelFilter,
+    build_grounding_example,
+    load_compact_view,
+    scene_categories,
+)
 from posevla.eval.grounding import Box3D, evaluate_grounding
 from posevla.geometry import euler_xyz_to_matrix, unproject_points
 from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
@@ -194,11 +200,27 @@ def model_predictions(
     lf = label_filter or LabelFilter()
     jobs = [(s, c) for s in scenes for c in scene_categories(s, lf)]
     preds: dict[Key, list[Box3D]] = {(s.scene_id, vi): [] for s in scenes for vi in range(len(s.views[: predictor.spec.num_views]))}
+    cache: dict[tuple[str, int], CompactView] = {}  # each scene is prompted once per category it holds
+
+    def view_loader(scene: Scene):
+        def load(vi: int, v) -> CompactView:
+            key = (scene.scene_id, vi)
+            if key not in cache:
+                cache[key] = load_compact_view(v, predictor.spec.image_size)
+            return cache[key]
+
+        return load
+
     for i in tqdm(range(0, len(jobs), batch_size), disable=not progress, desc="grounding eval", unit="batch"):
         chunk = jobs[i : i + batch_size]
         examples = [
             build_grounding_example(
-                s, c, image_size=predictor.spec.image_size, num_views=predictor.spec.num_views, label_filter=lf
+                s,
+                c,
+                image_size=predictor.spec.image_size,
+                num_views=predictor.spec.num_views,
+                label_filter=lf,
+                view_loader=view_loader(s),
             )
             for s, c in chunk
         ]

@@ -272,6 +272,7 @@ class PoseVLM(nn.Module):
         image_feats: torch.Tensor | None,
         cache: Any = None,
         use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
     ):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -292,6 +293,7 @@ class PoseVLM(nn.Module):
             mm_encoder_outputs=mm,
             cache=cache,
             use_cache=use_cache,
+            position_ids=position_ids,
         )
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,15 @@ __all__ = ["PatchEmbedMlp"]
 
 
 class PatchEmbedMlp(nn.Module):
-    """PixelUnshuffle(patch) → Linear(in_ch·p², 4·out_dim) → GELU → Linear(4·out_dim, out_dim).
+    """PixelUnshuffle(patch) → Linear(in_ch·p², 4·out_dim) → GELU → Linear(4·out_dim, out_dim) → LayerNorm.
 
     Input (B, in_ch, S, S) with S a multiple of `patch`; output (B, (S/p)², out_dim). PyTorch default init
     (spec: the embedders are new, randomly initialised modules).
+
+    The closing LayerNorm keeps the prior on the same scale as SigLIP's (post-LayerNorm) output it is added
+    to. Without it, the ray embedding (which is the same for every image of a camera) grew to ~25× the
+    size of the image features within 1,500 tiny-model steps, the pixels drowned in it, and the model
+    stopped looking at them (its loss became invariant to permuting the images across the batch).
     """
 
     def __init__(self, in_ch: int, patch: int, out_dim: int, hidden_mult: int = 4) -> None:
@@ -29,6 +34,7 @@ class PatchEmbedMlp(nn.Module):
         self.fc1 = nn.Linear(in_ch * patch * patch, hidden_mult * out_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_mult * out_dim, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, S, S) → (B, N, C·p²); feature index c·p² + i·p + j for pixel (i, j) of the patch."""
@@ -40,4 +46,4 @@ class PatchEmbedMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.fc1.weight.dtype)
-        return self.fc2(self.act(self.fc1(self.patchify(x))))
+        return self.norm(self.fc2(self.act(self.fc1(self.patchify(x)))))  # (B, N, out_dim)

@@ -232,6 +232,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['token_acc']:.2f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
                 last_ckpt = checkpoint(step, last)
+    batches.close()  # stops the prefetch thread
     bar.close()
     if last_ckpt is None:  # steps == start_step: nothing trained, still leave a usable checkpoint
         last_ckpt = checkpoint(step, last)

@@ -1,0 +1,210 @@
+"""The Pose-VLA policy: the Pose-VLM as prefix encoder + the flow-matching Gemma action expert (§1.4, §2.3).
+
+`PoseVLAPolicyModel` couples a `PoseVLM` (prefix = 3 image slots (+ depth/ray priors) + prompt) with a
+`GemmaActionExpert` whose layers attend into the VLM's per-layer keys/values:
+
+* ``compute_loss(batch)``: one VLM pass over the prefix (with gradient, so the whole model trains, as in the
+  paper's post-training), one expert pass over ``[state | x_τ]``, conditional flow-matching MSE.
+* ``sample_actions(batch, state)``: the prefix keys/values are computed **once** and reused by every Euler
+  step from τ = 1 to τ = 0 (``reuse_prefix=False`` recomputes them per step; same result, for testing).
+
+Batch keys (torch tensors): the VLM prefix ``input_ids, attention_mask (B, P)`` (``token_type_ids`` if present
+must be all 0: a policy prefix has no answer part), ``pixel_values (B, V, 3, S, S)``, optional ``ray, depth,
+prior_mask`` (see `posevla.models.posevlm`); ``state (B, Ds)`` with Ds ≤ max_state_dim; for training
+``actions (B, H, Da)`` with Da ≤ max_action_dim (unpadded: the loss averages over these Da dims) and optional
+``action_is_pad (B, H)`` bool (True past the episode end).
+
+The prefix uses RoPE positions ``cumsum(attention_mask) − 1`` (π0's convention) and a fully bidirectional mask
+over its real tokens; device and dtype are those of the parameters (move the model with ``.to(...)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from posevla.errors import ConfigError, DataError
+from posevla.models.action_expert import (
+    ActionExpertConfig,
+    GemmaActionExpert,
+    PrefixKV,
+    check_expert_pairing,
+    flow_matching_loss,
+    flow_matching_pair,
+    pad_last_dim,
+    sample_flow_time,
+)
+from posevla.models.config import PoseVLMConfig
+from posevla.models.posevlm import PoseVLM
+from posevla.models.text import PoseTextTokenizer
+
+__all__ = ["PoseVLAPolicyModel"]
+
+
+class PoseVLAPolicyModel(nn.Module):
+    """Pose-VLM prefix encoder + flow-matching action expert. Build with `PoseVLAPolicyModel.build`.
+
+    Attributes:
+        vlm: the `PoseVLM` (its LM head is unused here; the tokenizer travels with it).
+        expert: the `GemmaActionExpert`.
+    """
+
+    def __init__(self, vlm: PoseVLM, expert: GemmaActionExpert) -> None:
+        super().__init__()
+        check_expert_pairing(expert.cfg, vlm.cfg)
+        self.vlm = vlm
+        self.expert = expert
+
+    @classmethod
+    def build(
+        cls,
+        vlm_cfg: PoseVLMConfig,
+        expert_cfg: ActionExpertConfig,
+        tokenizer: PoseTextTokenizer | None = None,
+        pose_tokens: list[str] | None = None,
+        *,
+        dtype: torch.dtype | None = torch.float32,
+    ) -> PoseVLAPolicyModel:
+        """A policy from configs: the VLM via `PoseVLM.build` (scratch or a PaliGemma dir) + a fresh expert.
+
+        The expert uses the VLM's attention backend and is created in torch's default dtype on the CPU; move
+        the whole model with ``.to(device, dtype)``.
+        """
+        check_expert_pairing(expert_cfg, vlm_cfg)
+        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype)
+        return cls(vlm, GemmaActionExpert(expert_cfg, vlm_cfg.attn_implementation))
+
+    @property
+    def cfg(self) -> ActionExpertConfig:
+        return self.expert.cfg
+
+    # -- prefix ----------------------------------------------------------------------------------------------
+    def encode_prefix(self, batch: dict[str, torch.Tensor]) -> PrefixKV:
+        """Run the VLM over the prefix once; return its per-layer keys/values and the real-token mask."""
+        input_ids = batch["input_ids"]
+        if input_ids.ndim != 2:
+            raise DataError(f"input_ids must be (B, P), got {tuple(input_ids.shape)}", field="input_ids")
+        attn = batch.get("attention_mask")
+        attn = torch.ones_like(input_ids) if attn is None else attn
+        tt = batch.get("token_type_ids")
+        if tt is not None and bool((tt != 0).any()):
+            raise DataError(
+                "a policy prefix has no answer part but token_type_ids has non-zero entries",
+                field="token_type_ids",
+                fix="build the prompt with build_example(prompt, None, ...)",
+            )
+        feats = self.vlm.image_features(
+            batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask")
+        )  # (B·V, N, D_vlm)
+        position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        out = self.vlm._lm(
+            input_ids, attn, torch.zeros_like(input_ids), feats, use_cache=True, position_ids=position_ids
+        )
+        if out.cache is None:
+            raise ConfigError(
+                "the VLM returned no keys/values for the prefix; gradient checkpointing on the VLM disables "
+                "its cache, which the action expert reads: turn it off "
+                "(vlm.hf.gradient_checkpointing_disable())"
+            )
+        kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)  # per layer (B, kv, P, hd)
+        return PrefixKV(kv=kv, pad_mask=attn.bool())
+
+    # -- training --------------------------------------------------------------------------------------------
+    def _state(self, state: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if state.ndim != 2 or state.shape[0] != batch_size:
+            raise DataError(f"state must be (B={batch_size}, Ds), got {tuple(state.shape)}", field="state")
+        return pad_last_dim(state, self.cfg.max_state_dim, "state")  # (B, Ds_max)
+
+    def compute_loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        noise: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``dict(loss, v_pred, target)``: conditional flow-matching MSE of one batch (loss fp32).
+
+        Args:
+            batch: prefix keys + ``state``, ``actions`` and optional ``action_is_pad`` (module docstring).
+            noise: (B, H, max_action_dim) ε; drawn from N(0, I) when None.
+            time: (B,) flow time τ; drawn from the config's Beta schedule when None.
+        """
+        cfg = self.cfg
+        actions = batch["actions"]
+        if actions.ndim != 3 or actions.shape[1] != cfg.chunk_size:
+            raise DataError(
+                f"actions must be (B, H={cfg.chunk_size}, Da), got {tuple(actions.shape)}",
+                field="actions",
+                fix="make the loader's chunk length equal ActionExpertConfig.chunk_size",
+            )
+        B, _, action_dim = actions.shape
+        state = self._state(batch["state"], B)
+        dtype = self.expert.dtype
+        a = pad_last_dim(actions, cfg.max_action_dim, "action").to(dtype)  # (B, H, A_max)
+        if noise is None:
+            noise = torch.randn_like(a)
+        elif noise.shape != a.shape:
+            raise DataError(f"noise of shape {tuple(noise.shape)}, expected {tuple(a.shape)}")
+        if time is None:
+            time = sample_flow_time(B, beta=cfg.time_beta, time_min=cfg.time_min, device=a.device)
+        x_tau, target = flow_matching_pair(a, noise.to(dtype), time.to(a.device))  # (B, H, A_max) each
+        prefix = self.encode_prefix(batch)
+        v = self.expert.velocity(state, x_tau, time.to(a.device), prefix)  # (B, H, A_max)
+        loss = flow_matching_loss(v, target, batch.get("action_is_pad"), action_dim)
+        return {"loss": loss, "v_pred": v, "target": target}
+
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+        return self.compute_loss(batch, **kwargs)
+
+    # -- inference -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        batch: dict[str, torch.Tensor],
+        state: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        *,
+        action_dim: int | None = None,
+        reuse_prefix: bool = True,
+    ) -> torch.Tensor:
+        """Integrate the flow from τ = 1 (noise) to τ = 0 with `num_steps` Euler steps; returns (B, H, A).
+
+        Args:
+            batch: the prefix keys (module docstring); ``batch["state"]`` is used when `state` is None.
+            state: (B, Ds) robot state (unpadded or padded).
+            noise: (B, H, max_action_dim) starting point x_1; drawn from N(0, I) when None.
+            num_steps: Euler steps (default ``cfg.num_inference_steps``).
+            action_dim: keep only the first `action_dim` dims (default: all ``max_action_dim``).
+            reuse_prefix: encode the prefix once (True) or before every step (False, a reference for tests).
+
+        Runs in eval mode (no prior dropout) and restores the previous mode.
+        """
+        cfg = self.cfg
+        steps = cfg.num_inference_steps if num_steps is None else int(num_steps)
+        if steps < 1:
+            raise DataError(f"num_steps must be >= 1, got {num_steps}")
+        B = batch["input_ids"].shape[0]
+        state = self._state(batch["state"] if state is None else state, B)
+        dtype, device = self.expert.dtype, self.expert.action_in_proj.weight.device
+        shape = (B, cfg.chunk_size, cfg.max_action_dim)
+        if noise is None:
+            noise = torch.randn(shape, device=device, dtype=dtype)
+        elif tuple(noise.shape) != shape:
+            raise DataError(f"noise of shape {tuple(noise.shape)}, expected {shape}")
+        was_training = self.training
+        self.eval()
+        try:
+            prefix = self.encode_prefix(batch) if reuse_prefix else None
+            x = noise.to(device=device, dtype=dtype)  # (B, H, A_max) at τ = 1
+            dt = -1.0 / steps
+            for k in range(steps):
+                tau = torch.full((B,), 1.0 + k * dt, dtype=torch.float32, device=device)  # (B,)
+                step_prefix = prefix if prefix is not None else self.encode_prefix(batch)
+                v = self.expert.velocity(state, x, tau, step_prefix)  # (B, H, A_max)
+                x = x + dt * v
+        finally:
+            self.train(was_training)
+        return x if action_dim is None else x[..., :action_dim]
