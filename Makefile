@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml scripts/install_system_deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first, exactly pinned: pip then takes the local CPU wheel instead of a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
+	# metaworld pins mujoco 3.3.0; mujoco 4.x splits into mujoco-core/-studio that share the `mujoco/`
+	# folder, so drop them first or pip leaves a mix of 3.3 and 4.x files behind
+	$(PY) -m pip uninstall -y -q mujoco-core mujoco-studio 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
