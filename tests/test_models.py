@@ -441,3 +441,14 @@ def test_ordinal_loss_prefers_near_misses():
     plain_near = torch.nn.functional.cross_entropy(logits_peaked_at(ids[4]), tgt)
     plain_far = torch.nn.functional.cross_entropy(logits_peaked_at(ids[7]), tgt)
     assert torch.isclose(plain_near, plain_far)
+
+
+def test_prior_embedding_stays_on_the_image_feature_scale():
+    """Each prior token is layer-normalised, so a prior cannot drown SigLIP's (unit-scale) features,
+    whatever the scale of its input (e.g. depth in metres vs a far background)."""
+    torch.manual_seed(0)
+    pe = PatchEmbedMlp(2, 8, 32)
+    for scale in (1.0, 1000.0):
+        out = pe(torch.rand(2, 2, 16, 16) * scale)  # (2, 4, 32)
+        rms = out.pow(2).mean(-1).sqrt()
+        assert torch.allclose(rms, torch.ones_like(rms), atol=0.05), (scale, rms)

@@ -74,3 +74,63 @@ def test_unknown_config_suggests_names():
 
     with pytest.raises(ConfigError, match="Did you mean stage1-tiny"):
         get_config("stage1-tiy")
+
+
+def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, capsys):
+    """Stage 2 from a stage-1 checkpoint on generated + BOP + LeRobot sources: per-source metrics, and
+    2 steps + resume (batches built in a worker process, doctor skipped) == 4 straight in-process steps."""
+    from pathlib import Path
+
+    from posevla.data.mixture import SourceSpec
+
+    fixtures = Path(__file__).parent / "fixtures"
+    stage1 = train(_cfg(tiny_dataset, tmp_path / "s1", steps=1, save_every=1))
+    sources = (
+        SourceSpec("generated", str(tiny_dataset)),
+        SourceSpec("bop", str(fixtures / "bop_tiny")),
+        SourceSpec("lerobot", str(fixtures / "lerobot_v3_tiny"), stride=1),
+    )
+
+    def cfg(out, steps, **kw):
+        return dataclasses.replace(
+            get_config("stage2-tiny"), init_checkpoint=str(stage1.checkpoint), sources=sources, out_dir=str(out),
+            steps=steps, batch_size=3, warmup_steps=1, log_every=1, save_every=2, progress=False, **kw,
+        )
+
+    train(cfg(tmp_path / "a", 4))
+    assert "data doctor: source 'lerobot:lerobot_v3_tiny' ok" in capsys.readouterr().out
+    train(cfg(tmp_path / "b", 2))
+    train(cfg(tmp_path / "b", 4, num_workers=1, doctor=False), resume=True)
+    assert "data doctor skipped" in capsys.readouterr().out
+
+    def rows(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [(r["step"], r["loss"], r["sources"]) for r in a] == [(r["step"], r["loss"], r["sources"]) for r in b]
+    names = {n for r in a for n in r["sources"]}
+    assert names == {"generated:" + tiny_dataset.name, "bop:bop_tiny/test", "lerobot:lerobot_v3_tiny"}
+    for r in a:  # the per-source means are token-weighted parts of the batch loss
+        tot = sum(m["tokens"] for m in r["sources"].values())
+        assert sum(m["loss"] * m["tokens"] for m in r["sources"].values()) / tot == pytest.approx(r["loss"], rel=1e-4)
+        assert sum(m["samples"] for m in r["sources"].values()) == 3
+    resolved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert [s["name"] for s in resolved["sources"]] == [s.label for s in sources]
+    assert read_checkpoint_meta(tmp_path / "a")["bins"] == read_checkpoint_meta(stage1.checkpoint)["bins"]
+
+
+def test_trainer_refuses_sources_the_doctor_rejects(tiny_dataset, tmp_path):
+    import shutil
+
+    from posevla.data.mixture import SourceSpec
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset, bad)
+    d = json.loads((bad / "dataset.json").read_text())
+    d["annotations"][0]["visibility"] = 3.0  # out of [0, 1]
+    (bad / "dataset.json").write_text(json.dumps(d))
+    cfg = _cfg(tiny_dataset, tmp_path / "run", sources=(SourceSpec("generated", str(tiny_dataset)),
+                                                         SourceSpec("generated", str(bad), name="planted")))
+    with pytest.raises(TrainingError, match="(?s)'planted'.*label ranges"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

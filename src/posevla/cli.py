@@ -5,8 +5,9 @@
   posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...)
   posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
   posevla tokens report --bins B --data D         per-family quantisation error and bin usage
-  posevla fit-bins --data D --out bins.json       fit the pose-token bins on a dataset
+  posevla fit-bins --data D [D ...] --out B.json  fit the pose-token bins on datasets (3D boxes + robot waypoints)
   posevla doctor PATH [--bins B]                  check a dataset's conventions and units (Omni3D, BOP, LeRobot)
+  posevla bench data [--workers 1 2] [--json]     loader vs training-step samples/s on generated scenes
 
 Each verb parses its own flags with tyro from a frozen dataclass or a typed function, so
 `posevla <verb> --help` lists every option with its default.
@@ -130,23 +131,33 @@ def _tokens(argv: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class FitBinsArgs:
-    data: str
+    data: tuple[str, ...] = ()
+    """Datasets (kind detected: generated / Omni3D json or folder, BOP root, LeRobot v3 folder)."""
+    config: str | None = None
+    """Use the data sources of this training config (with --data: in addition)."""
     out: str = "bins.json"
     n_trans_xy: int = 2048
     n_trans_z: int = 2048
     n_size: int = 2048
     n_rot: int = 360
+    n_loc: int = 1024
 
 
 def _fit_bins(argv: list[str]) -> None:
-    from posevla.data.fitting import fit_bins
-    from posevla.data.omni3d import load_omni3d
+    from posevla.data.mixture import SourceSpec, detect_source_kind, fit_source_bins, load_source
+    from posevla.errors import ConfigError
+    from posevla.training.config import get_config
 
     a = tyro.cli(FitBinsArgs, args=argv, prog="posevla fit-bins")
-    data = Path(a.data) / "dataset.json" if Path(a.data).is_dir() else Path(a.data)
-    bins = fit_bins(load_omni3d(data), n_trans_xy=a.n_trans_xy, n_trans_z=a.n_trans_z, n_size=a.n_size, n_rot=a.n_rot)
+    sources = list(get_config(a.config).data_sources()) if a.config else []
+    sources += [SourceSpec(detect_source_kind(p), p) for p in a.data]
+    if not sources:
+        raise ConfigError("fit-bins needs --data DATASET [DATASET ...] or --config NAME")
+    loaded = [load_source(s) for s in sources]
+    bins = fit_source_bins(loaded, n_trans_xy=a.n_trans_xy, n_trans_z=a.n_trans_z, n_size=a.n_size, n_rot=a.n_rot,
+                           n_loc=a.n_loc)
     bins.save(a.out)
-    print(f"wrote {a.out}")
+    print(f"wrote {a.out} ({bins.description})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +183,15 @@ def _doctor(argv: list[str]) -> None:
         raise SystemExit(1)
 
 
+def _bench(argv: list[str]) -> None:
+    if not argv or argv[0] != "data":
+        print("usage: posevla bench data [--num-scenes N] [--workers 1 2] [--json]")
+        raise SystemExit(2)
+    from posevla.training.throughput import main as bench_data
+
+    bench_data(argv[1:])
+
+
 VERBS = {
     "demo": _demo,
     "generate": _generate,
@@ -180,6 +200,7 @@ VERBS = {
     "tokens": _tokens,
     "fit-bins": _fit_bins,
     "doctor": _doctor,
+    "bench": _bench,
 }
 
 

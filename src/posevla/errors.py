@@ -60,3 +60,7 @@ class CheckpointError(PoseVLAError, RuntimeError):
 
 class TrainingError(PoseVLAError, RuntimeError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class InferenceError(PoseVLAError, RuntimeError):
+    """A model produced an unusable output (e.g. non-finite actions); nothing is returned to the robot."""

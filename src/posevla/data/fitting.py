@@ -1,8 +1,15 @@
-"""Collect pose labels from datasets and fit the pose-token bin spec on them (spec §1.3, open question 1)."""
+"""Collect pose labels from datasets and fit the pose-token bin spec on them (spec §1.3, open question 1).
+
+Stage-1 sources give box translations, sizes and rotations (:func:`collect_labels`); stage-2 sources
+give waypoint translations (:func:`posevla.data.trajectory.collect_waypoint_translations`). The bins
+are quantiles of all of them pooled (:func:`merge_labels`, :func:`fit_bins_on_labels`), so one bin spec
+serves both pre-training stages; :func:`posevla.data.mixture.fit_source_bins` does this for the
+sources of a training config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -11,6 +18,8 @@ from posevla.data.sample import LabelFilter
 from posevla.errors import DataError
 from posevla.geometry import matrix_to_euler_xyz
 from posevla.tokens import BinSpec
+
+LABEL_KEYS = ("trans_xy", "trans_z", "size", "rot")
 
 
 def collect_labels(scenes: Sequence[Scene], label_filter: LabelFilter | None = None) -> dict[str, np.ndarray]:
@@ -38,6 +47,49 @@ def collect_labels(scenes: Sequence[Scene], label_filter: LabelFilter | None = N
     }
 
 
+def merge_labels(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate label dicts per family; a part may lack families (waypoints have no sizes)."""
+    return {
+        k: np.concatenate([np.asarray(p[k], np.float64).reshape(-1) for p in parts if k in p] or [np.zeros(0)])
+        for k in LABEL_KEYS
+    }
+
+
+def fit_bins_on_labels(
+    labels: Mapping[str, np.ndarray],
+    *,
+    n_trans_xy: int = 2048,
+    n_trans_z: int = 2048,
+    n_size: int = 2048,
+    n_rot: int = 360,
+    n_loc: int = 1024,
+    description: str = "",
+) -> BinSpec:
+    """Quantile bin edges of pooled labels (``trans_xy``, ``trans_z``, ``size``; see :func:`merge_labels`)."""
+    for k in ("trans_xy", "trans_z"):
+        if len(labels.get(k, ())) == 0:
+            raise DataError(f"no {k} labels to fit pose-token bins on", field=k,
+                            fix="add a data source with 3D boxes or visible robot waypoints")
+    if len(labels.get("size", ())) == 0:
+        raise DataError(
+            "no object sizes to fit the size bins on: only trajectory sources were given",
+            field="size",
+            fix="add a stage-1 (generated / omni3d / bop) source to the fit, or pass --bins with a bins.json "
+            "fitted on stage-1 + stage-2 data (`posevla fit-bins --data STAGE1 STAGE2`)",
+        )
+    return BinSpec.fit(
+        labels["trans_xy"],
+        labels["trans_z"],
+        labels["size"],
+        n_trans_xy=n_trans_xy,
+        n_trans_z=n_trans_z,
+        n_size=n_size,
+        n_rot=n_rot,
+        n_loc=n_loc,
+        description=description,
+    )
+
+
 def fit_bins(
     scenes: Sequence[Scene],
     *,
@@ -48,17 +100,24 @@ def fit_bins(
     n_loc: int = 1024,
     description: str = "",
     label_filter: LabelFilter | None = None,
+    waypoint_translations: np.ndarray | None = None,
 ) -> BinSpec:
-    """Quantile bin edges fitted on the kept labels of `scenes`."""
-    labels = collect_labels(scenes, label_filter)
-    return BinSpec.fit(
-        labels["trans_xy"],
-        labels["trans_z"],
-        labels["size"],
+    """Quantile bin edges fitted on the kept labels of `scenes` (and stage-2 waypoints (N, 3), if given)."""
+    parts = [collect_labels(scenes, label_filter)]
+    n_way = 0
+    if waypoint_translations is not None:
+        t = np.asarray(waypoint_translations, np.float64).reshape(-1, 3)  # (N, 3) metres
+        parts.append({"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]})
+        n_way = len(t)
+    labels = merge_labels(parts)
+    n_obj = len(parts[0]["trans_z"])
+    default = f"fitted on {n_obj} objects from {len(scenes)} scenes" + (f" and {n_way} waypoints" if n_way else "")
+    return fit_bins_on_labels(
+        labels,
         n_trans_xy=n_trans_xy,
         n_trans_z=n_trans_z,
         n_size=n_size,
         n_rot=n_rot,
         n_loc=n_loc,
-        description=description or f"fitted on {len(labels['trans_z'])} objects from {len(scenes)} scenes",
+        description=description or default,
     )

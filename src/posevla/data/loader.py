@@ -1,22 +1,32 @@
-"""Stage-1 grounding dataset, deterministic batch order, and collation into model batches.
+"""Grounding (stage 1) and trajectory (stage 2) datasets, deterministic batch order, collation, workers.
 
 The batch order is a pure function of (seed, step): batch `k` of epoch `e` is slice `k` of a
 permutation seeded by (seed, e). A run resumed at step N therefore sees exactly the batches a
-straight run sees, with no sampler state to save beyond the step counter.
+straight run sees, with no sampler state to save beyond the step counter. Several datasets are mixed
+by :mod:`posevla.data.mixture` on the same principle.
+
+Both datasets expose ``len(ds)``, ``ds.spec`` and ``ds.example(index, epoch)``; everything random in
+an example (negatives, pseudo-view crops) is seeded by ``(seed, epoch, index)``, so an example does not
+depend on which process builds it or on what was built before. :func:`stream_batches` builds the
+batches in the calling process (with a prefetch thread) or in worker processes, with identical results.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import multiprocessing
+import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from posevla.data.omni3d import Scene, View
+from posevla.data.lerobot import DEPTH_PREFIX, IMAGE_PREFIX, Episode, LeRobotV3Dataset
+from posevla.data.omni3d import Scene, View, load_depth, load_rgb
 from posevla.data.sample import (
     CompactView,
     GroundingExample,
@@ -24,10 +34,13 @@ from posevla.data.sample import (
     build_grounding_example,
     load_compact_view,
     negative_category,
+    resize_pad_view,
     scene_categories,
     stable_seed,
 )
-from posevla.errors import DataError
+from posevla.data.trajectory import TrajectoryConfig, TrajectoryExample, build_trajectory_example
+from posevla.data.views import PseudoViewConfig, pseudo_views
+from posevla.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +56,23 @@ class ExampleSpec:
 class GroundingDataset:
     """One entry per (scene, category present in the scene); optional negatives (spec §2.1).
 
+    With ``pseudo_views`` every stored view becomes its own entry group and is shown to the model as
+    three virtual cameras cropped from it (:func:`posevla.data.views.pseudo_views`); the crops are
+    re-drawn every epoch, seeded by ``(seed, epoch)`` and the image. Categories (and negatives) are
+    decided on the full view, so a category whose instances all fall outside the crops of one epoch
+    answers ``<no_object>`` in every view of that example.
+
     Args:
-        scenes: scenes from :func:`posevla.data.omni3d.load_omni3d`.
+        scenes: scenes from :func:`posevla.data.omni3d.load_omni3d` or :func:`posevla.data.bop.load_bop`.
         spec: image size / views / token layout of the model.
         label_filter: which objects are listed in answers.
         negative_prob: probability that an entry is turned into a negative sample.
-        seed: decides negatives (per entry and epoch).
+        seed: decides negatives and crops (per entry and epoch).
         categories: the category vocabulary negatives are drawn from (default: all seen).
+        use_depth: read depth images where the views have them.
+        cache_views: keep resize-padded views (fixed views) or decoded source images (pseudo views).
+        pseudo_views: crop ranges of the virtual cameras; ``None`` = use the stored views as they are.
+        source_cache_mb: memory bound of the decoded-source cache of pseudo-view datasets (per process).
     """
 
     def __init__(
@@ -63,12 +86,23 @@ class GroundingDataset:
         categories: Sequence[str] | None = None,
         use_depth: bool = True,
         cache_views: bool = True,
+        pseudo_views: PseudoViewConfig | None = None,
+        source_cache_mb: float = 512.0,
     ) -> None:
+        self.pseudo_views = pseudo_views
+        if pseudo_views is not None:  # every stored view is one entry group, shown through its crops
+            scenes = [
+                Scene(s.scene_id if len(s.views) == 1 else f"{s.scene_id}/{i}", [v])
+                for s in scenes
+                for i, v in enumerate(s.views)
+            ]
         self.scenes = list(scenes)
         # Resize-padded views are deterministic, so they are decoded once and kept (uint8 pixels + float32
         # depth ≈ 115 KB per 128² view; 1,000 three-view scenes ≈ 350 MB). Each scene is read once per
-        # category it holds, so this removes most PNG decoding after the first epoch.
+        # category it holds, so this removes most PNG decoding after the first epoch. Pseudo views change
+        # every epoch, so there the decoded full-size source image is kept instead (LRU, bounded).
         self._view_cache: dict[tuple[int, int], CompactView] | None = {} if cache_views else None
+        self._source_cache = _LruCache(int(source_cache_mb * 2**20)) if cache_views else None
         self.spec = spec
         self.label_filter = label_filter or LabelFilter()
         self.negative_prob = negative_prob
@@ -99,6 +133,16 @@ class GroundingDataset:
             neg = negative_category(category, self.scene_cats[scene_idx], self.categories, rng)
             if neg is not None:
                 negative_of, category = category, neg
+        view_loader: Callable[[int, View], CompactView] | None = None
+        if self.pseudo_views is not None:
+            source = scene.views[0]
+            crops = pseudo_views(source, stable_seed("crops", self.seed, epoch), self.pseudo_views,
+                                 label_filter=self.label_filter)
+            scene = Scene(scene.scene_id, crops)
+            if self._source_cache is not None and source.crop is None:
+                view_loader = lambda vi, v: self._cropped_view(scene_idx, source, v)  # noqa: E731
+        elif self._view_cache is not None:
+            view_loader = lambda vi, v: self._cached_view(scene_idx, vi, v)  # noqa: E731
         return build_grounding_example(
             scene,
             category,
@@ -107,7 +151,7 @@ class GroundingDataset:
             label_filter=self.label_filter,
             negative_of=negative_of,
             use_depth=self.use_depth,
-            view_loader=None if self._view_cache is None else lambda vi, v: self._cached_view(scene_idx, vi, v),
+            view_loader=view_loader,
         )
 
     def _cached_view(self, scene_idx: int, view_idx: int, view: View) -> CompactView:
@@ -116,6 +160,129 @@ class GroundingDataset:
         if cv is None:
             cv = self._view_cache[key] = load_compact_view(view, self.spec.image_size, self.use_depth)
         return cv
+
+    def _cropped_view(self, scene_idx: int, source: View, crop: View) -> CompactView:
+        """What :func:`load_compact_view` gives for ``crop``, cut from the cached decoded ``source``."""
+        pixels = self._source_cache.get(scene_idx)
+        if pixels is None:
+            rgb = load_rgb(source)  # (H, W, 3) uint8
+            depth = load_depth(source) if (self.use_depth and source.depth_path) else None  # (H, W) metres
+            pixels = (rgb, depth)
+            self._source_cache.put(scene_idx, pixels, rgb.nbytes + (0 if depth is None else depth.nbytes))
+        rgb, depth = pixels
+        x0, y0 = crop.crop.x0, crop.crop.y0
+        win = np.s_[y0 : y0 + crop.height, x0 : x0 + crop.width]
+        return resize_pad_view(
+            np.ascontiguousarray(rgb[win]),
+            None if depth is None else np.ascontiguousarray(depth[win]),
+            crop.K,
+            self.spec.image_size,
+        )
+
+
+class _LruCache:
+    """A least-recently-used dict bounded by the summed size (bytes) of its values."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[Any, tuple[Any, int]] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: Any) -> Any:
+        hit = self._items.get(key)
+        if hit is None:
+            return None
+        self._items.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: Any, value: Any, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        self._items[key] = (value, nbytes)
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes:
+            _, (_, n) = self._items.popitem(last=False)
+            self._bytes -= n
+
+
+class TrajectoryDataset:
+    """Stage-2 examples: one entry per (episode, frame) of a LeRobot v3 dataset (spec §2.2).
+
+    The answer lists each arm's future TCP waypoints in every camera's frame
+    (:func:`posevla.data.trajectory.build_trajectory_example`); the prompt is the episode's
+    instruction. Only the pixels of the frame's cameras are decoded; the numeric features of an episode
+    are read once and kept. There is nothing random in an example, so ``epoch`` is ignored.
+
+    Args:
+        dataset: a loaded :class:`~posevla.data.lerobot.LeRobotV3Dataset`.
+        spec: image size / views / token layout of the model.
+        config: horizon, stride, arms and cameras of the answers.
+        frame_step: use every ``frame_step``-th frame of each episode as an entry.
+        use_depth: feed the depth images where the cameras have them.
+    """
+
+    def __init__(
+        self,
+        dataset: LeRobotV3Dataset,
+        spec: ExampleSpec,
+        *,
+        config: TrajectoryConfig | None = None,
+        frame_step: int = 1,
+        use_depth: bool = True,
+    ) -> None:
+        if isinstance(frame_step, bool) or not isinstance(frame_step, int) or frame_step < 1:
+            raise DataError(f"frame_step must be a positive integer, got {frame_step!r}", field="frame_step",
+                            fix="use 1 (every frame) or a larger stride")
+        self.dataset = dataset
+        self.spec = spec
+        self.config = config or TrajectoryConfig()
+        self.frame_step = frame_step
+        self.use_depth = use_depth
+        self.categories: list[str] = []
+        cams = list(self.config.cameras if self.config.cameras is not None else dataset.camera_config.cameras)
+        readable = set(dataset.pixel_keys())
+        self._keys = [k for c in cams[: spec.num_views] for k in (IMAGE_PREFIX + c, DEPTH_PREFIX + c)
+                      if k in readable and (use_depth or k.startswith(IMAGE_PREFIX))]
+        self.entries: list[tuple[int, int]] = [
+            (e, t) for e in range(dataset.num_episodes) for t in range(0, int(dataset.episode_lengths[e]), frame_step)
+        ]
+        if not self.entries:
+            raise DataError("the dataset has no frames", file=str(dataset.root), field="episode_lengths",
+                            fix="write at least one episode with frames")
+        self._episodes: dict[int, Episode] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _episode(self, e: int) -> Episode:
+        ep = self._episodes.get(e)
+        if ep is None:
+            ep = self._episodes[e] = self.dataset.episode(e, images=False)
+        return ep
+
+    def example(self, index: int, epoch: int = 0) -> TrajectoryExample:
+        e, t = self.entries[index]
+        return build_trajectory_example(
+            self._episode(e),
+            t,
+            camera_config=self.dataset.camera_config,
+            image_size=self.spec.image_size,
+            num_views=self.spec.num_views,
+            config=self.config,
+            use_depth=self.use_depth,
+            frame_images=self.dataset.frame_images(e, t, self._keys),
+            episode_index=e,
+        )
+
+
+class ExampleSource(Protocol):
+    """What the loader needs of a dataset (:class:`GroundingDataset`, :class:`TrajectoryDataset`)."""
+
+    spec: ExampleSpec
+
+    def __len__(self) -> int: ...
+
+    def example(self, index: int, epoch: int = 0) -> GroundingExample | TrajectoryExample: ...
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tuple[int, np.ndarray]:
@@ -132,14 +299,18 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tupl
 
 
 def collate(
-    examples: Sequence[GroundingExample],
+    examples: Sequence[GroundingExample | TrajectoryExample],
     codec,
     tokenizer,
     spec: ExampleSpec,
     *,
     with_answer: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Turn examples into one model batch (see PoseVLM.compute_loss for the keys)."""
+    """Turn examples into one model batch (see PoseVLM.compute_loss for the keys).
+
+    Grounding and trajectory examples collate alike (same prefix layout; answers right-padded), so one
+    batch may mix both.
+    """
     n_img = spec.n_image_tokens * spec.num_views
     texts = [
         tokenizer.build_example(
@@ -161,7 +332,7 @@ def collate(
 
 
 def iterate_batches(
-    dataset: GroundingDataset,
+    dataset: ExampleSource,
     batch_size: int,
     seed: int,
     start_step: int,
@@ -169,22 +340,123 @@ def iterate_batches(
     tokenizer,
     *,
     prefetch: int = 2,
+    num_workers: int = 0,
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield (step, batch) forever from `start_step` on, in the deterministic order.
+    """Yield (step, batch) of one dataset forever from `start_step` on, in the deterministic order.
 
-    With `prefetch` > 0 a background thread builds the next batches while the caller trains (image
-    decoding and resizing release the GIL); the order and content are identical to `prefetch=0`.
+    See :func:`stream_batches` for `prefetch` and `num_workers`; the batches do not depend on either.
     """
+    return stream_batches(
+        _DatasetBatches(dataset, batch_size, seed, codec, tokenizer),
+        start_step,
+        prefetch=prefetch,
+        num_workers=num_workers,
+    )
 
-    def make(step: int) -> tuple[int, dict[str, torch.Tensor]]:
-        epoch, idx = batch_indices(len(dataset), batch_size, seed, step)
-        examples = [dataset.example(int(i), epoch) for i in idx]
-        return step, collate(examples, codec, tokenizer, dataset.spec)
 
+@dataclasses.dataclass
+class _DatasetBatches:
+    """Batch `step` of one dataset (a picklable callable, so it can run in a worker process)."""
+
+    dataset: ExampleSource
+    batch_size: int
+    seed: int
+    codec: Any
+    tokenizer: Any
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, idx = batch_indices(len(self.dataset), self.batch_size, self.seed, step)
+        examples = [self.dataset.example(int(i), epoch) for i in idx]
+        return collate(examples, self.codec, self.tokenizer, self.dataset.spec)
+
+
+class _StepDataset(torch.utils.data.Dataset):
+    """Map-style view of a batch function: item `step` is the whole batch of that step."""
+
+    def __init__(self, make_batch: Callable[[int], dict[str, torch.Tensor]]) -> None:
+        self.make_batch = make_batch
+
+    def __getitem__(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
+        return step, self.make_batch(step)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _count_from(start: int) -> Iterator[int]:
+    step = start
+    while True:
+        yield step
+        step += 1
+
+
+def stream_batches(
+    make_batch: Callable[[int], dict[str, torch.Tensor]],
+    start_step: int,
+    *,
+    prefetch: int = 2,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(step, make_batch(step))`` for step = start_step, start_step + 1, ... forever.
+
+    ``make_batch`` must be a pure function of the step (all loaders here are), so where it runs changes
+    speed only:
+
+    * ``num_workers == 0``: in this process; with ``prefetch`` > 0 a background thread builds the next
+      ``prefetch`` batches while the caller trains (PNG decoding and resizing release the GIL).
+    * ``num_workers > 0``: in that many worker processes (``torch.utils.data.DataLoader``, forked where the
+      platform allows, so the datasets are not pickled), ``prefetch`` batches ahead per worker, yielded in
+      step order. Each worker keeps its own view caches.
+
+    A :class:`~posevla.errors.PoseVLAError` raised while building a batch is re-raised to the caller.
+    Call ``.close()`` on the returned generator to stop the thread / workers early.
+    """
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}: use 0 (build batches in the training "
+                          "process) or a positive worker count")
+    if num_workers > 0:
+        return _worker_batches(make_batch, start_step, num_workers, max(1, prefetch), pin_memory)
+    return _thread_batches(make_batch, start_step, prefetch)
+
+
+def _worker_batches(
+    make_batch: Callable[[int], dict[str, torch.Tensor]], start_step: int, num_workers: int, prefetch: int,
+    pin_memory: bool,
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    # Forked workers inherit the tokenizer; HF tokenizers' own thread pool must not be used across a fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    loader = torch.utils.data.DataLoader(
+        _StepDataset(make_batch),
+        batch_size=None,
+        sampler=_count_from(start_step),
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        prefetch_factor=prefetch,
+        pin_memory=pin_memory,
+        multiprocessing_context=ctx,
+        # its own generator: seeding the workers must not draw from the global torch RNG, whose state the
+        # trainer checkpoints (prior dropout) — otherwise num_workers would change the training run
+        generator=torch.Generator(),
+    )
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _thread_batches(
+    make_batch: Callable[[int], dict[str, torch.Tensor]], start_step: int, prefetch: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     if prefetch <= 0:
         step = start_step
         while True:
-            yield make(step)
+            yield step, make_batch(step)
             step += 1
 
     q: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -194,7 +466,7 @@ def iterate_batches(
         step = start_step
         while not stop.is_set():
             try:
-                item: Any = make(step)
+                item: Any = (step, make_batch(step))
             except BaseException as e:  # handed to the consumer, which re-raises it
                 item = e
             while not stop.is_set():

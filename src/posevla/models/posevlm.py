@@ -323,7 +323,9 @@ class PoseVLM(nn.Module):
         return self._head(self.hidden_states(batch))
 
     def compute_loss(self, batch: dict[str, torch.Tensor], *, ordinal_sigma: float = 0.0) -> dict[str, torch.Tensor]:
-        """``dict(loss, n_tokens, token_acc)``: mean fp32 CE over answer tokens (labels ≠ −100).
+        """``dict(loss, n_tokens, token_acc, token_loss, token_correct, token_row)``: mean fp32 CE over answer
+        tokens (labels ≠ −100), plus per answer token (N,) its detached loss, whether the argmax was right,
+        and its batch row (so callers can average per sample group without a second forward pass).
 
         Args:
             ordinal_sigma: 0 = plain next-token cross-entropy (the paper). > 0 = for targets in an ordinal
@@ -341,12 +343,24 @@ class PoseVLM(nn.Module):
         logits = self._head(hidden[:, :-1][sel])  # (N, vocab) fp32
         tgt = targets[sel]
         if ordinal_sigma > 0:
-            loss = self._ordinal_cross_entropy(logits, tgt, ordinal_sigma)
+            per_token = self._ordinal_cross_entropy(logits, tgt, ordinal_sigma)  # (N,)
+            loss = per_token.mean()
         else:
             loss = F.cross_entropy(logits, tgt)
+            per_token = None
         with torch.no_grad():
-            acc = (logits.argmax(-1) == tgt).float().mean()
-        return {"loss": loss, "n_tokens": n, "token_acc": acc}
+            if per_token is None:
+                per_token = F.cross_entropy(logits, tgt, reduction="none")  # (N,)
+            correct = logits.argmax(-1) == tgt  # (N,)
+            acc = correct.float().mean()
+        return {
+            "loss": loss,
+            "n_tokens": n,
+            "token_acc": acc,
+            "token_loss": per_token.detach(),
+            "token_correct": correct,
+            "token_row": sel.nonzero()[:, 0],  # (N,) batch row of each answer token
+        }
 
     def _family_bins(self, device: torch.device) -> list[torch.Tensor]:
         """Per ordinal family, the token ids ordered by bin index (cached)."""
@@ -379,7 +393,7 @@ class PoseVLM(nn.Module):
             q = torch.exp(-0.5 * ((bins[None] - k[rows, None].float()) / sigma) ** 2)  # (n, K)
             q = q / q.sum(-1, keepdim=True)
             per_token = per_token.index_put((rows,), -(q * logp[rows][:, ids]).sum(-1))
-        return per_token.mean()
+        return per_token  # (N,)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.compute_loss(batch)

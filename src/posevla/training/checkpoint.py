@@ -7,6 +7,8 @@ Layout of `<out_dir>/checkpoints/step_000500/`:
   rng.pt                 torch / numpy / python RNG states (for exact resume)
   config.json            the fully resolved TrainConfig + model config
   bins.json              the pose-token bin spec the model was trained with
+  norm_stats.json        state / action normalisation statistics (post-training checkpoints only;
+                         `posevla.data.actions.load_norm_stats` reads and validates it)
   tokenizer/             the text tokenizer (pose tokens included)
   versions.json          package versions
 
@@ -81,8 +83,13 @@ def save_checkpoint(
     tokenizer,
     trainer_state: dict[str, Any],
     keep: int = 2,
+    norm_stats: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; prune old ones beyond `keep`."""
+    """Write checkpoint `step` atomically and point `latest` at it; prune old ones beyond `keep`.
+
+    `norm_stats` is the ``norm_stats.json`` document (`posevla.data.actions.norm_stats_json`) of a model
+    that reads a state / predicts actions; None for VLM-only stages.
+    """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -112,6 +119,8 @@ def save_checkpoint(
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2, default=str))
     (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
     (tmp / "bins.json").write_text(json.dumps(bins_json, indent=2))
+    if norm_stats is not None:
+        (tmp / "norm_stats.json").write_text(json.dumps(norm_stats, indent=2))
     (tmp / "versions.json").write_text(json.dumps(package_versions(), indent=2))
     tokenizer.save(tmp / "tokenizer")
     with open(tmp / "model.safetensors", "rb") as f:  # make sure the bytes are on disk before the rename

@@ -1,9 +1,15 @@
 """Training configs: one frozen dataclass, named stage configs, and lookup with "did you mean".
 
 A stage is a config, not a code path: stage 1 (3D grounding) differs from later stages only in the
-data it reads, which parameters train, and the loss weights. Every field can be overridden from
+data it reads (`sources`, a weighted mixture: posevla.data.mixture), which parameters train, and the
+loss weights. Every field can be overridden from
 the CLI (`posevla train stage1-tiny --steps 2000 --batch-size 8`), and the resolved config is saved
 as JSON in every checkpoint.
+
+Post-training (spec §2.3) is the objective ``actions``: the VLM (from ``init_checkpoint``, a stage-1/2
+checkpoint, or from scratch with ``--init-checkpoint None``) plus a flow-matching action expert
+(``expert``), all parameters trained with the action loss only, on a LeRobot v3 dataset (``train_data``)
+cut into chunks as ``action`` says (`posevla.data.actions.ActionConfig`, e.g. ``--action.space joints``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import dataclasses
 import difflib
 from typing import Literal
 
+from posevla.data.actions import ActionConfig
+from posevla.data.mixture import SourceSpec
 from posevla.errors import ConfigError
 
 
@@ -28,7 +36,17 @@ class TrainConfig:
     init_checkpoint: str | None = None
     """A posevla checkpoint directory whose weights initialise the model (e.g. stage 2 from stage 1)."""
     train_data: str = "runs/demo/data/train"
-    """Dataset directory (dataset.json inside) or a dataset.json path."""
+    """Dataset directory (dataset.json inside) or a dataset.json path; the one source when `sources` is empty."""
+    sources: tuple[SourceSpec, ...] = ()
+    """Data sources mixed with weights n^0.43 (posevla.data.mixture); empty = one `generated` source at train_data."""
+    weight_exponent: float = 0.43
+    """Default source weight n^weight_exponent (n = source size, spec §2.1)."""
+    bins: str | None = None
+    """A bins.json to tokenise with instead of fitting bins on the sources (e.g. `posevla fit-bins` over stage-1 + stage-2 data)."""
+    num_workers: int = 0
+    """Processes building batches (0 = in the training process with a prefetch thread); batches are identical."""
+    doctor: bool = True
+    """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it, logged)."""
     out_dir: str = "runs/stage1-tiny"
     """Where checkpoints, metrics.jsonl and plots go."""
     steps: int = 2000
@@ -59,6 +77,25 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (cuda if available, else cpu), `cpu` or `cuda`."""
     progress: bool = True
+    objective: Literal["tokens", "actions"] = "tokens"
+    """`tokens`: next-token CE on pose answers (stages 1, 2); `actions`: flow matching (post-training)."""
+    expert: str = "tiny"
+    """Named action-expert size (`posevla.models.action_expert.EXPERT_CONFIGS`) when objective is `actions`."""
+    action: ActionConfig = ActionConfig()
+    """Action space, chunk size H and normalisation of post-training (objective `actions`)."""
+
+    def __post_init__(self) -> None:
+        # A config read back from a checkpoint's JSON has plain dicts / lists for the nested fields.
+        if isinstance(self.action, dict):
+            object.__setattr__(self, "action", ActionConfig.from_dict(self.action))
+        if self.objective not in ("tokens", "actions"):
+            raise ConfigError(f"objective {self.objective!r} is unknown; use 'tokens' or 'actions'")
+        if self.sources and isinstance(self.sources[0], dict):  # read back from a checkpoint's JSON
+            object.__setattr__(self, "sources", tuple(SourceSpec(**s) for s in self.sources))
+
+    def data_sources(self) -> tuple[SourceSpec, ...]:
+        """The token objective's data sources; `train_data` as one `generated` source when none are named."""
+        return self.sources or (SourceSpec("generated", self.train_data),)
 
 
 def _stage1_tiny() -> TrainConfig:
@@ -116,10 +153,84 @@ def _debug() -> TrainConfig:
     )
 
 
+def _posttrain_tiny() -> TrainConfig:
+    # Spec §2.3 on the CPU budget: the tiny VLM from the stage-2 run (stage 1 works too; `--init-checkpoint
+    # None` gives the "PaliGemma+Expert" from-scratch comparison), the tiny expert, chunk H = 16, every
+    # parameter trained with the flow-matching loss only. Token counts as stage1-tiny so a from-scratch
+    # model has the same vocabulary as a pose-pretrained one. Actions: the demos' recorded `action` feature
+    # (MetaWorld's [dx, dy, dz, grip], directly executable in the closed-loop evaluation); the spec's
+    # absolute EE pose is `--action.space ee_pose` (an environment then needs a pose controller).
+    return TrainConfig(
+        name="posttrain-tiny",
+        model="tiny",
+        init_checkpoint="runs/stage2-tiny",
+        train_data="runs/demo/data/lerobot",
+        out_dir="runs/posttrain-tiny",
+        objective="actions",
+        expert="tiny",
+        action=ActionConfig(space="joints", joint_key="action", chunk_size=16),
+        steps=2000,
+        batch_size=8,
+        lr=5e-4,
+        min_lr=2.5e-5,
+        warmup_steps=50,
+        n_loc=128,
+        n_trans_xy=64,
+        n_trans_z=64,
+        n_size=64,
+        n_rot=72,
+    )
+
+
+def _posttrain_paligemma() -> TrainConfig:
+    # Spec §2.3/§2.4: PoseVLM (paligemma-3b) + π0's 300M Gemma expert, absolute EE-pose actions, chunk 16,
+    # priors off (RoboTwin), all parameters trained; lr 2.5e-5 -> 2.5e-6, global batch 32, 80k steps.
+    return TrainConfig(
+        name="posttrain-paligemma-3b",
+        model="paligemma-3b",
+        base="checkpoints/paligemma-3b-pt-224",
+        init_checkpoint="runs/stage2-paligemma-3b",
+        train_data="data/robotwin-lerobot",
+        out_dir="runs/posttrain-paligemma-3b",
+        objective="actions",
+        expert="300m",
+        action=ActionConfig(space="ee_pose", chunk_size=16, priors=False),
+        steps=80_000,
+        batch_size=32,
+        lr=2.5e-5,
+        min_lr=2.5e-6,
+        warmup_steps=1000,
+        save_every=2000,
+    )
+
+
+def _stage2_tiny() -> TrainConfig:
+    # Stage 2 (spec §2.2, open question 4): continue from the stage-1 checkpoint (its bins and tokenizer)
+    # on camera-frame TCP waypoints of robot demos, with the stage-1 scenes mixed back in (n^0.43 weights)
+    # against forgetting; half the stage-1 peak learning rate. MetaWorld demos run at 80 fps, so a stride
+    # of 16 frames puts the 5 waypoints 0.2 s apart.
+    return dataclasses.replace(
+        _stage1_tiny(),
+        name="stage2-tiny",
+        init_checkpoint="runs/stage1-tiny",
+        out_dir="runs/stage2-tiny",
+        sources=(
+            SourceSpec("lerobot", "runs/demo/data/lerobot", stride=16),
+            SourceSpec("generated", "runs/demo/data/train"),
+        ),
+        steps=500,
+        lr=1e-3,
+        warmup_steps=20,
+    )
+
+
 CONFIGS: dict[str, TrainConfig] = {
     "stage1-tiny": _stage1_tiny(),
     "stage1-paligemma-3b": _stage1_paligemma(),
+    "stage2-tiny": _stage2_tiny(),
     "debug": _debug(),
+    "posttrain-tiny": _posttrain_tiny(),
+    "posttrain-paligemma-3b": _posttrain_paligemma(),
 }
 
 

@@ -6,10 +6,17 @@ Features (and their trade-offs):
     is computed in fp32. The choice and its reason are logged once at start-up.
   * Exact resume: the batch order is a function of (seed, step) and the RNG states are checkpointed,
     so N/2 steps + resume gives the same losses as N straight steps.
+  * Data: a weighted mixture of sources (`posevla.data.mixture`: generated / Omni3D / BOP grounding,
+    LeRobot trajectories), each checked by the data doctor at start-up (errors stop the run); per-source
+    loss and token accuracy in the metrics; batches built in `num_workers` processes or in-process.
   * A non-finite loss stops the run with TrainingError before the optimizer step; the last good
     checkpoint stays untouched.
   * JSONL metrics (`metrics.jsonl`), tqdm progress, a loss-curve PNG at the end.
 Stages differ only by their TrainConfig (data, initial weights, bins); there is no second loop.
+Post-training (objective ``actions``, spec §2.3) swaps in a LeRobot v3 dataset cut into action chunks
+(`posevla.data.actions`), a `PoseVLAPolicyModel` (VLM initialised from ``init_checkpoint`` or from scratch,
+fresh action expert) and its flow-matching loss; its checkpoints also hold the expert config, the action
+config and ``norm_stats.json``, everything `posevla.serving.Policy` needs.
 """
 
 from __future__ import annotations
@@ -26,11 +33,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from posevla.data.fitting import fit_bins
-from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
-from posevla.data.omni3d import load_omni3d
+from posevla.data.actions import ActionDataset, NormStats, iterate_action_batches, load_norm_stats, norm_stats_json
+from posevla.data.lerobot import load_lerobot_v3
+from posevla.data.loader import ExampleSpec
+from posevla.data.mixture import (
+    bins_coverage,
+    build_mixture,
+    check_sources,
+    fit_source_bins,
+    load_source,
+    per_source_metrics,
+)
 from posevla.errors import CheckpointError, TrainingError
 from posevla.models import PoseTextTokenizer, PoseVLM, get_model_config
+from posevla.models.action_expert import ActionExpertConfig, get_expert_config
+from posevla.models.pose_vla import PoseVLAPolicyModel
 from posevla.tokens import BinSpec, PoseCodec
 from posevla.training.checkpoint import (
     load_model_weights,
@@ -83,6 +100,49 @@ def build_model(cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = No
     return mcfg, codec, model, model.tokenizer
 
 
+def build_policy_model(
+    cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = None
+) -> tuple[Any, PoseCodec, PoseVLAPolicyModel, PoseTextTokenizer, ActionExpertConfig]:
+    """Post-training model for `cfg`: the VLM as `build_model` makes it + a fresh `cfg.expert` action expert.
+
+    The expert's chunk size is ``cfg.action.chunk_size``. Used by the trainer and by `posevla.serving.Policy`.
+    """
+    mcfg = get_model_config(cfg.model)
+    if cfg.base != "scratch":
+        mcfg = dataclasses.replace(mcfg, base=cfg.base)
+    codec = PoseCodec(bins)
+    tokenizer = PoseTextTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
+    ecfg = get_expert_config(cfg.expert, chunk_size=cfg.action.chunk_size)
+    model = PoseVLAPolicyModel.build(mcfg, ecfg, tokenizer, codec.vocabulary())
+    return mcfg, codec, model, model.vlm.tokenizer, ecfg
+
+
+def uniform_bins(cfg: TrainConfig) -> BinSpec:
+    """Bins for a post-training run from scratch: uniform over a table-top workspace.
+
+    Without pose pre-training the pose tokens are never trained; the bins only fix the vocabulary (same token
+    counts as a pose-pretrained model of the same config) and what `Policy(return_poses=True)` decodes.
+    """
+    return BinSpec(
+        np.linspace(-2.0, 2.0, cfg.n_trans_xy + 1),
+        np.linspace(0.0, 4.0, cfg.n_trans_z + 1),
+        np.linspace(0.0, 2.0, cfg.n_size + 1),
+        n_rot=cfg.n_rot,
+        n_loc=cfg.n_loc,
+        description="uniform (post-training from scratch: no pose pre-training)",
+    )
+
+
+def _load_initial_weights(model: torch.nn.Module, init_dir: Path, meta: dict[str, Any], resumed: bool) -> None:
+    """Resume: the whole model. Post-training from a VLM checkpoint (stage 1/2): its weights into ``model.vlm``."""
+    if isinstance(model, PoseVLAPolicyModel) and not resumed:
+        if meta["config"].get("train", {}).get("objective", "tokens") != "actions":
+            load_model_weights(model.vlm, init_dir)
+            print(f"[posevla] VLM initialised from {init_dir}; action expert from scratch")
+            return
+    load_model_weights(model, init_dir)
+
+
 def _read_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -106,7 +166,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
     device, use_bf16, reason = pick_device_and_precision(cfg.device, cfg.precision)
     print(f"[posevla] device={device} precision={'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
 
-    scenes = load_omni3d(dataset_json(cfg.train_data))
+    actions = cfg.objective == "actions"
+    robot_data = load_lerobot_v3(cfg.train_data) if actions else None
+    sources = () if actions else cfg.data_sources()
+    if sources and cfg.doctor:
+        check_sources(sources)  # TrainingError with the doctor's table on errors
+    elif sources:
+        print("[posevla] data doctor skipped (--no-doctor): the sources were not checked")
+    loaded = [load_source(s) for s in sources]
     ckpt_dir: Path | None = None
     if resume:
         try:
@@ -115,26 +182,41 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             ckpt_dir = None
             print(f"[posevla] --resume: no checkpoint in {out_dir}, starting from step 0")
     init_dir = ckpt_dir or (resolve_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None)
+    meta: dict[str, Any] = {}
     if init_dir is not None:
         meta = read_checkpoint_meta(init_dir)
         bins = BinSpec.from_dict(meta["bins"])
         tokenizer_dir = init_dir / "tokenizer"
-    else:
-        bins = fit_bins(
-            scenes,
+    elif actions:
+        bins, tokenizer_dir = uniform_bins(cfg), None
+    elif cfg.bins is not None:
+        bins, tokenizer_dir = BinSpec.load(cfg.bins), None
+    else:  # quantiles of every source's labels: stage-1 boxes and stage-2 waypoints (open question 1)
+        bins = fit_source_bins(
+            loaded,
             n_trans_xy=cfg.n_trans_xy,
             n_trans_z=cfg.n_trans_z,
             n_size=cfg.n_size,
             n_rot=cfg.n_rot,
             n_loc=cfg.n_loc,
-            description=f"fitted on {cfg.train_data}",
         )
         tokenizer_dir = None
+    if init_dir is not None and cfg.bins is not None and BinSpec.load(cfg.bins).to_dict() != bins.to_dict():
+        raise TrainingError(
+            f"--bins {cfg.bins} differs from the bin spec of the checkpoint {init_dir}, whose tokens the model "
+            "was trained with. Drop --bins (the checkpoint's bins are used) or start without --init-checkpoint."
+        )
+    if loaded and (init_dir is not None or cfg.bins is not None):  # bins not fitted on these sources
+        for warning in bins_coverage(loaded, bins):
+            print(f"[posevla] warning: {warning}")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    mcfg, codec, model, tokenizer = build_model(cfg, bins, tokenizer_dir)
+    if actions:
+        mcfg, codec, model, tokenizer, ecfg = build_policy_model(cfg, bins, tokenizer_dir)
+    else:
+        mcfg, codec, model, tokenizer = build_model(cfg, bins, tokenizer_dir)
     if init_dir is not None:
-        load_model_weights(model, init_dir)
+        _load_initial_weights(model, init_dir, meta, resumed=ckpt_dir is not None)
     model.to(device)
     model.train()
 
@@ -164,8 +246,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
         n_image_tokens=mcfg.tokens_per_view,
         prompt_len=mcfg.prompt_len,
     )
-    dataset = GroundingDataset(scenes, spec, negative_prob=cfg.negative_prob, seed=cfg.seed)
-    resolved = {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(), "categories": dataset.categories}
+    norm_doc: dict[str, Any] | None = None
+    if actions:
+        # A resumed run keeps its checkpoint's statistics; a new run computes them on its dataset.
+        stats: dict[str, NormStats] | None = load_norm_stats(ckpt_dir)[0] if ckpt_dir is not None else None
+        act_data = ActionDataset(robot_data, cfg.action, spec, stats)
+        norm_doc = norm_stats_json(act_data.stats, action_space=cfg.action.space)
+        resolved = {
+            "train": dataclasses.asdict(cfg),
+            "model": mcfg.to_dict(),
+            "expert": ecfg.to_dict(),
+            "data": act_data.describe(),
+        }
+    else:
+        mixture = build_mixture(
+            loaded,
+            spec,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            negative_prob=cfg.negative_prob,
+            exponent=cfg.weight_exponent,
+        )
+        print(f"[posevla] data: {len(mixture)} source(s), {cfg.num_workers} loader worker(s)\n{mixture.table()}")
+        resolved = {
+            "train": dataclasses.asdict(cfg),
+            "model": mcfg.to_dict(),
+            "categories": mixture.categories,
+            "sources": mixture.describe(),
+        }
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
     bins.save(out_dir / "bins.json")
 
@@ -186,12 +294,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             tokenizer=tokenizer,
             trainer_state={"data_position": {"seed": cfg.seed, "next_step": step}, "last": last},
             keep=cfg.keep_checkpoints,
+            norm_stats=norm_doc,
         )
 
     last: dict[str, Any] = {}
     last_ckpt = ckpt_dir
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, desc=cfg.name, unit="step")
-    batches = iterate_batches(dataset, cfg.batch_size, cfg.seed, start_step, codec, tokenizer)
+    if actions:
+        batches = iterate_action_batches(
+            act_data,
+            cfg.batch_size,
+            cfg.seed,
+            start_step,
+            tokenizer,
+            max_state_dim=ecfg.max_state_dim,
+            max_action_dim=ecfg.max_action_dim,
+        )
+    else:
+        batches = mixture.batches(
+            start_step, codec, tokenizer, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
+        )
     t_steps = time.time()
     step = start_step
     with open(metrics_path, "a") as mf:
@@ -199,7 +321,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             _, batch = next(batches)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(device, use_bf16):
-                out = model.compute_loss(batch, ordinal_sigma=cfg.ordinal_sigma)
+                if actions:  # flow matching only (spec §2.3: no token loss in post-training)
+                    out = model.compute_loss(batch)
+                else:
+                    out = model.compute_loss(batch, ordinal_sigma=cfg.ordinal_sigma)
             loss = out["loss"]
             if loss_hook is not None:
                 loss = loss_hook(step, loss)
@@ -224,6 +349,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
                 "lr": float(scheduler.get_last_lr()[0]),
                 "time_s": round(time.time() - t_steps, 3),
             }
+            if not actions:  # per-source mean loss / token accuracy over the batch's answer tokens
+                last["sources"] = per_source_metrics(out, batch["source"], mixture.names)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 mf.write(json.dumps(last) + "\n")
                 mf.flush()
@@ -232,7 +359,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, loss_hook: Callable[[int, t
             bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['token_acc']:.2f}")
             if step % cfg.save_every == 0 or step == cfg.steps:
                 last_ckpt = checkpoint(step, last)
-    batches.close()  # stops the prefetch thread
+    batches.close()  # stops the prefetch thread / loader workers
     bar.close()
     if last_ckpt is None:  # steps == start_step: nothing trained, still leave a usable checkpoint
         last_ckpt = checkpoint(step, last)
