@@ -134,3 +134,23 @@ def test_trainer_refuses_sources_the_doctor_rejects(tiny_dataset, tmp_path):
     with pytest.raises(TrainingError, match="(?s)'planted'.*label ranges"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_image_reliance_measures_dependence_on_the_pixels(tiny_dataset, tmp_path):
+    """The shuffled-images gap is exactly 0 when every sample shows the same scene, and non-zero for a
+    model (even an untrained one) that sees different scenes."""
+    from posevla.data.omni3d import load_omni3d
+    from posevla.data.sample import LabelFilter, scene_categories
+    from posevla.eval.predict import GroundingPredictor, image_reliance
+
+    res = train(_cfg(tiny_dataset, tmp_path / "run", steps=1, save_every=1))
+    predictor = GroundingPredictor(res.checkpoint)
+    scenes = load_omni3d(tiny_dataset / "dataset.json")
+    one = scenes[0]
+    cat = scene_categories(one, LabelFilter())[0]
+    single = dataclasses.replace(one, views=[dataclasses.replace(v, objects=[o for o in v.objects if o.category == cat]) for v in one.views])
+    same = image_reliance(predictor, [single] * 4)
+    assert same["n_examples"] == 4 and same["gap"] == 0.0
+    varied = image_reliance(predictor, scenes)
+    assert varied["n_examples"] >= 2 and varied["gap"] != 0.0
+    assert varied["loss"] > 0 and torch.isfinite(torch.tensor(varied["loss_shuffled_images"]))
