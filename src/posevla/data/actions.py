@@ -68,7 +68,7 @@ from posevla.data.lerobot import (
     camera_T_key,
 )
 from posevla.data.loader import ExampleSpec, batch_indices, collate
-from posevla.data.sample import PreparedView, prepare_view
+from posevla.data.sample import PreparedView, empty_view, prepare_view
 from posevla.errors import CheckpointError, ConfigError, DataError
 from posevla.geometry import matrix_to_quat_wxyz, matrix_to_rot6d, quat_wxyz_to_matrix, rot6d_to_matrix
 
@@ -602,19 +602,6 @@ class ActionExample(ActionInputs):
     frame_index: int = -1
 
 
-def _empty_view(image_size: int) -> PreparedView:
-    S = image_size
-    return PreparedView(
-        pixels=np.zeros((3, S, S), np.float32),
-        ray=np.zeros((3, S, S), np.float32),
-        depth=np.zeros((2, S, S), np.float32),
-        K_model=np.eye(3),
-        scale=(1.0, 1.0),
-        pad=(0, 0),
-        has_depth=False,
-    )
-
-
 def camera_K(obs: Mapping[str, Any], cam: str, camera_config: CameraConfig | None, record: str) -> np.ndarray:
     """Camera `cam`'s (3, 3) intrinsics from the observation, else the camera config's static K."""
     key = camera_K_key(cam)
@@ -685,7 +672,7 @@ def observation_inputs(
     slots: list[str | None] = []
     for i in range(num_views):
         if i >= len(cameras):
-            prepared.append(_empty_view(image_size))
+            prepared.append(empty_view(image_size))
             slots.append(None)
             continue
         cam = cameras[i]

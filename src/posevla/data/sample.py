@@ -154,6 +154,20 @@ def expand_view(cv: CompactView) -> PreparedView:
     )
 
 
+def empty_view(image_size: int) -> PreparedView:
+    """An all-zero image slot (no pixels, no priors) for samples with fewer views than the model has slots."""
+    S = image_size
+    return PreparedView(
+        pixels=np.zeros((3, S, S), np.float32),
+        ray=np.zeros((3, S, S), np.float32),
+        depth=np.zeros((2, S, S), np.float32),
+        K_model=np.eye(3),
+        scale=(1.0, 1.0),
+        pad=(0, 0),
+        has_depth=False,
+    )
+
+
 def prepare_view(rgb: np.ndarray, depth: np.ndarray | None, K: np.ndarray, image_size: int) -> PreparedView:
     """Resize-pad one view to `image_size`² and compute its priors in the model frame."""
     return expand_view(resize_pad_view(rgb, depth, K, image_size))
@@ -272,16 +286,7 @@ def build_grounding_example(
                 pv = expand_view(load_compact_view(v, image_size, use_depth))
             entries = [] if negative_of else view_entries(v, category, pv, image_size, label_filter)
         else:  # fewer views than slots: an all-zero slot that answers <no_object>
-            S = image_size
-            pv = PreparedView(
-                pixels=np.zeros((3, S, S), np.float32),
-                ray=np.zeros((3, S, S), np.float32),
-                depth=np.zeros((2, S, S), np.float32),
-                K_model=np.eye(3),
-                scale=(1.0, 1.0),
-                pad=(0, 0),
-                has_depth=False,
-            )
+            pv = empty_view(image_size)
             entries = []
         prepared.append(pv)
         answers.append(ViewAnswer(index=i, entries=entries, no_object=None if entries else category))

@@ -39,7 +39,7 @@ from posevla.data.lerobot import (
     camera_K_key,
     camera_T_key,
 )
-from posevla.data.sample import PreparedView, prepare_view
+from posevla.data.sample import PreparedView, empty_view, prepare_view
 from posevla.errors import DataError
 from posevla.geometry import (
     compose_T,
@@ -207,19 +207,6 @@ def _feature(episode: Episode, key: str, record: str) -> np.ndarray:
     return episode.features[key]
 
 
-def _empty_view(image_size: int) -> PreparedView:
-    S = image_size
-    return PreparedView(
-        pixels=np.zeros((3, S, S), np.float32),
-        ray=np.zeros((3, S, S), np.float32),
-        depth=np.zeros((2, S, S), np.float32),
-        K_model=np.eye(3),
-        scale=(1.0, 1.0),
-        pad=(0, 0),
-        has_depth=False,
-    )
-
-
 def build_trajectory_example(
     episode: Episode,
     frame: int,
@@ -264,7 +251,7 @@ def build_trajectory_example(
     waypoints: list[dict[str, np.ndarray]] = []
     for i in range(num_views):
         if i >= len(cams):
-            prepared.append(_empty_view(image_size))
+            prepared.append(empty_view(image_size))
             answers.append(ViewAnswer(index=i, no_object=cfg.no_object_name))
             slots.append(None)
             waypoints.append({})
