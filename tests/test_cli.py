@@ -14,7 +14,7 @@ from posevla.cli import main
 def test_help_lists_verbs(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for verb in ("demo", "generate", "train", "eval grounding", "tokens report"):
+    for verb in ("demo", "generate", "train", "eval grounding", "eval sim", "metaworld-demos", "tokens report"):
         assert verb in out
 
 
@@ -46,22 +46,113 @@ def test_eval_on_missing_checkpoint(tmp_path, tiny_dataset, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_quick_demo_end_to_end(tmp_path):
-    """`posevla demo --quick` through the installed console entry: report and summary written."""
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """`posevla demo --quick` once, through the console entry (stage 1 → ... → closed loop)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "posevla.cli", "demo", "--quick", "--out-dir", str(out), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_quick_demo_end_to_end(quick_demo):
+    """The quick demo writes report and summary: grounding, closed loop for both policies, timing."""
+    out = quick_demo
     summary = json.loads((out / "summary.json").read_text())
     for who in ("model", "baseline"):
         assert set(summary["grounding"][who]) >= {"ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm"}
-    assert set(summary["timing_s"]) >= {"generate", "stage1", "eval", "total"}
+    assert set(summary["timing_s"]) >= {"generate", "stage1", "stage2", "posttrain", "eval", "total"}
     assert {"torch", "transformers", "mujoco", "posevla"} <= set(summary["versions"])
+    cl = summary["closed_loop"]
+    assert cl["env"] == "metaworld" and cl["tasks"] == ["reach-v3"] and cl["episodes_per_task"] == 1
+    for who in ("pose_pretrained", "scratch"):
+        r = cl[who]
+        assert set(r) >= {"successes", "episodes", "rate", "ci95"}
+        assert r["episodes"] == 1 and 0 <= r["successes"] <= 1
+        assert 0.0 <= r["ci95"][0] <= r["rate"] <= r["ci95"][1] <= 1.0
+    # same budget for both policies; stage 2 started from this run's stage 1
+    post = {w: json.loads((out / f"posttrain_{w}" / "config.json").read_text())["train"] for w in ("pose_pretrained", "scratch")}
+    assert post["scratch"]["init_checkpoint"] is None
+    assert "stage2" in post["pose_pretrained"]["init_checkpoint"]
+    for k in ("steps", "batch_size", "seed", "train_data"):
+        assert post["pose_pretrained"][k] == post["scratch"][k]
+    assert "stage1" in json.loads((out / "stage2" / "config.json").read_text())["train"]["init_checkpoint"]
+    # both policies saw the same environment seeds
+    cards = {w: json.loads((out / "closed_loop" / w / "eval_card.json").read_text()) for w in ("pose_pretrained", "scratch")}
+    assert cards["pose_pretrained"]["seeds"] == cards["scratch"]["seeds"] == {"reach-v3": [100000]}
     html = (out / "report.html").read_text()
     assert "loss_curve.png" in html and "baseline" in html
+    assert "pose_pretrained" in html and "scratch" in html and "Wilson" in html
     assert (out / "loss_curve.png").exists()
     assert list((out / "eval" / "overlays").glob("*.png"))
+    assert (out / "data" / "lerobot" / "meta" / "info.json").exists()
+
+
+def _posttrain_checkpoint(out):
+    return out / "posttrain_scratch"
+
+
+def test_eval_sim_smoke(quick_demo, tmp_path):
+    """`posevla eval sim` on the quick demo's post-trained policy: one short episode, eval card written."""
+    ev = tmp_path / "sim"
+    main(["eval", "sim", "--env", "metaworld", "--tasks", "reach-v3", "--checkpoint", str(_posttrain_checkpoint(quick_demo)),
+          "--episodes-per-task", "1", "--seed", "100000", "--replan-every", "4", "--max-steps", "8",
+          "--videos-per-task", "0", "--out", str(ev), "--no-progress"])
+    card = json.loads((ev / "eval_card.json").read_text())
+    assert card["tasks"] == ["reach-v3"] and card["overall"]["episodes"] == 1
+    assert card["chunk"]["replan_every"] == 4 and card["max_steps"] == 8
+    assert (ev / "results.md").exists()
+
+
+def test_eval_sim_refuses_demo_seeds(quick_demo, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "sim", "--tasks", "reach-v3", "--checkpoint", str(_posttrain_checkpoint(quick_demo)),
+              "--episodes-per-task", "1", "--seed", "0", "--max-steps", "4"])
+    assert e.value.code == 1
+    assert "--seed 100000" in capsys.readouterr().err
+
+
+def test_eval_sim_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "sim", "--tasks", "reach-v3", "--checkpoint", str(tmp_path / "nope")])
+    assert e.value.code == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_eval_sim_unknown_task(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "sim", "--tasks", "reach-v9000", "--checkpoint", str(tmp_path)])
+    assert e.value.code == 1
+    assert "unknown MetaWorld task" in capsys.readouterr().err
+
+
+def test_metaworld_demos_smoke(tmp_path, capsys):
+    """`posevla metaworld-demos`: one successful 48x48 reach episode written as LeRobot v3."""
+    out = tmp_path / "demos"
+    main(["metaworld-demos", "--tasks", "reach-v3", "--episodes-per-task", "1", "--seed", "0", "--image-size", "48",
+          "--no-depth", "--out", str(out), "--no-progress"])
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0"
+    rep = json.loads((out / "meta" / "metaworld_demos.json").read_text())
+    assert rep["successes"] == 1 and rep["episodes"][0]["task"] == "reach-v3"
+    assert "demos/min" in capsys.readouterr().out
+
+
+def test_metaworld_demos_unknown_task(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["metaworld-demos", "--tasks", "pick-plcae-v3", "--out", str(tmp_path / "d")])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "unknown MetaWorld task" in err and "pick-place-v3" in err
+
+
+def test_demo_rejects_overlapping_eval_seeds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--eval-seed", "3", "--out-dir", str(tmp_path / "d")])
+    assert e.value.code == 1
+    assert "--eval-seed" in capsys.readouterr().err

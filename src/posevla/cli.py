@@ -1,9 +1,12 @@
 """`posevla <verb>`: the command-line entry point.
 
-  posevla demo [--quick] [--steps N ...]          the whole stage-1 pipeline on generated scenes
+  posevla demo [--quick] [--steps N ...]          the main job: stage 1 → grounding eval → MetaWorld demos →
+                                                  stage 2 → post-training (pose-pretrained vs scratch) → closed loop
   posevla generate --out DIR --num-scenes N       MuJoCo tabletop scenes in the Omni3D json format
+  posevla metaworld-demos --tasks T [T ...] --out DIR   scripted-expert MetaWorld demos as a LeRobot v3 dataset
   posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...)
   posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
+  posevla eval sim --checkpoint C --tasks T [T ...]   closed-loop success of a post-trained policy (MetaWorld)
   posevla tokens report --bins B --data D         per-family quantisation error and bin usage
   posevla fit-bins --data D [D ...] --out B.json  fit the pose-token bins on datasets (3D boxes + robot waypoints)
   posevla doctor PATH [--bins B]                  check a dataset's conventions and units (Omni3D, BOP, LeRobot)
@@ -20,6 +23,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -49,6 +53,44 @@ def _generate(argv: list[str]) -> None:
     a = tyro.cli(GenerateArgs, args=argv, prog="posevla generate")
     stats = generate_dataset(a.out, a.num_scenes, seed=a.seed, width=a.width, height=a.height, workers=a.workers)
     print(json.dumps(stats, indent=2, default=float))
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaWorldDemosArgs:
+    out: str
+    """Output dataset directory (LeRobot v3); must be new or empty unless --overwrite."""
+    tasks: tuple[str, ...] = ("reach-v3",)
+    """MetaWorld v3 task names (the -v3 may be left out)."""
+    episodes_per_task: int = 10
+    """Successful episodes wanted per task (failed expert attempts are counted, never written)."""
+    seed: int = 0
+    """Seed of each task's first attempt; attempt k uses seed + k."""
+    image_size: int = 128
+    depth: bool = True
+    """Store metric depth per camera."""
+    max_steps: int = 500
+    frames_after_success: int = 10
+    max_attempts: int | None = None
+    """Attempts per task before giving up (default 2 * episodes-per-task + 5)."""
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _metaworld_demos(argv: list[str]) -> None:
+    from posevla.data.metaworld_demos import DemoConfig, write_metaworld_demos
+
+    a = tyro.cli(MetaWorldDemosArgs, args=argv, prog="posevla metaworld-demos")
+    cfg = DemoConfig(tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed, image_size=a.image_size,
+                     depth=a.depth, max_steps=a.max_steps, frames_after_success=a.frames_after_success,
+                     max_attempts=a.max_attempts)
+    rep = write_metaworld_demos(a.out, cfg, overwrite=a.overwrite, progress=a.progress)
+    rows = [{"task": t, **{k: v[k] for k in ("successes", "attempts", "failures", "frames")}}
+            for t, v in rep.per_task.items()]
+    from posevla.eval.report import markdown_table
+
+    print(markdown_table(rows))
+    print(f"{rep.successes} demos in {rep.seconds:.1f}s ({rep.demos_per_min:.1f} demos/min, "
+          f"{rep.steps_per_s:.1f} env steps/s); wrote {a.out}")
 
 
 def _train(argv: list[str]) -> None:
@@ -84,12 +126,59 @@ class EvalGroundingArgs:
     device: str = "auto"
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSimArgs:
+    checkpoint: str
+    """Post-training checkpoint (a step_* dir, or a run dir with checkpoints/latest.json)."""
+    tasks: tuple[str, ...]
+    """Tasks of the simulator (MetaWorld v3 names, e.g. reach-v3 drawer-close-v3)."""
+    env: Literal["metaworld"] = "metaworld"
+    episodes_per_task: int = 10
+    seed: int = 100_000
+    """First environment seed of every task (seed, seed + 1, ...); must not be a training demo's seed."""
+    replan_every: int = 8
+    """Actions executed from each predicted chunk before the policy is queried again."""
+    max_steps: int | None = None
+    """Step limit of an episode (default: the simulator's, 500 for MetaWorld)."""
+    out: str | None = None
+    """Where eval_card.json, results.md and videos/ go."""
+    videos_per_task: int = 1
+    image_size: int | None = None
+    """Camera image size (default: the training data's)."""
+    device: str = "auto"
+    progress: bool = True
+
+
+def _eval_sim(argv: list[str]) -> None:
+    from posevla.eval.report import markdown_table
+    from posevla.pipeline import evaluate_policy_checkpoint
+
+    a = tyro.cli(EvalSimArgs, args=argv, prog="posevla eval sim")
+    card = evaluate_policy_checkpoint(
+        a.checkpoint, tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed,
+        replan_every=a.replan_every, max_steps=a.max_steps, out_dir=a.out, videos_per_task=a.videos_per_task,
+        image_size=a.image_size, device=a.device, progress=a.progress,
+    )
+    results = list(card["per_task"].items()) + [("all", card["overall"])]
+    print(markdown_table([
+        {"task": t, "successes": r["successes"], "episodes": r["episodes"], "rate %": 100 * r["rate"],
+         "ci95 low %": 100 * r["ci95"][0], "ci95 high %": 100 * r["ci95"][1]} for t, r in results
+    ]))
+    print(f"policy latency p50 {card['latency']['p50_ms']:.0f} ms, p95 {card['latency']['p95_ms']:.0f} ms")
+    if a.out:
+        print(f"eval card: {Path(a.out) / 'eval_card.json'}")
+
+
 def _eval(argv: list[str]) -> None:
     from posevla.eval.predict import evaluate_checkpoint
     from posevla.eval.report import markdown_table
 
+    if argv and argv[0] == "sim":
+        _eval_sim(argv[1:])
+        return
     if not argv or argv[0] != "grounding":
-        print("usage: posevla eval grounding --checkpoint C --data D [--train-data T] [--out DIR]")
+        print("usage: posevla eval grounding --checkpoint C --data D [--train-data T] [--out DIR]\n"
+              "       posevla eval sim --checkpoint C --tasks T [T ...] [--episodes-per-task N] [--out DIR]")
         raise SystemExit(2)
     a = tyro.cli(EvalGroundingArgs, args=argv[1:], prog="posevla eval grounding")
     res = evaluate_checkpoint(
@@ -195,6 +284,7 @@ def _bench(argv: list[str]) -> None:
 VERBS = {
     "demo": _demo,
     "generate": _generate,
+    "metaworld-demos": _metaworld_demos,
     "train": _train,
     "eval": _eval,
     "tokens": _tokens,

@@ -2,10 +2,16 @@
 
   generate MuJoCo tabletop scenes (train / held-out)  →  fit pose-token bins (+ quantisation report)
   →  stage-1 pre-training of the tiny PoseVLM  →  3D grounding evaluation (model vs category-mean
-  baseline, same run)  →  runs/demo/report.html + runs/demo/summary.json
+  baseline, same run)
+  →  scripted-expert MetaWorld demos (LeRobot v3)  →  stage 2 (waypoints + stage-1 scenes, from the
+  stage-1 checkpoint)  →  post-training of the action expert twice with the same budget: from the stage-2
+  checkpoint ("pose_pretrained") and from scratch ("scratch")  →  closed-loop MetaWorld evaluation of
+  both on the same environment seeds (Wilson 95 % intervals)
+  →  runs/demo/report.html + runs/demo/summary.json
 
 Every phase is timed; the summary follows the contract in the project's contracts
-("The demo's summary"). Re-running reuses generated data when its parameters match.
+("The demo's summary"). Re-running reuses generated scenes and demos when their parameters match.
+:func:`evaluate_policy_checkpoint` is the closed-loop evaluation shared with `posevla eval sim`.
 """
 
 from __future__ import annotations
@@ -16,12 +22,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+from posevla.errors import ConfigError
 from posevla.training.checkpoint import package_versions
+
+#: MetaWorld tasks of the demo: the scripted experts solve every seed tried (0-3) in 55-90 frames, and
+#: each needs only a reach/push along one direction, which a small policy can plausibly learn.
+DEFAULT_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Knobs of the demo; the defaults are the honest full run (≤ 15 min on 2 cores)."""
+    """Knobs of the demo; the defaults are the honest full run (target ≤ 30 min on 2 cores).
+
+    Time budget of the default run on 2 CPU cores. The stage-1 part is from its last full measured run
+    (README). The robot phases are extrapolated from quick runs: per-step and per-call times were
+    measured, then multiplied by the default counts. The full default demo has not been timed end to end.
+
+    | phase                  | work at the defaults                                | estimate |
+    |------------------------|-----------------------------------------------------|----------|
+    | generate               | 1100 scenes, 2 workers                              | ~1.5 min |
+    | stage1                 | 1200 steps, batch 8 (~0.6 s/step)                   | ~12 min  |
+    | eval (grounding)       | 100 held-out scenes                                 | ~1.5 min |
+    | demos                  | 3 tasks x 10 expert episodes, 55-90 frames each, 3 cameras at 128 px, ~27 env steps/s | ~1.5 min |
+    | stage2                 | 150 steps, batch 8 (as stage 1)                     | ~1.5 min |
+    | posttrain              | 2 x 200 steps, batch 8 (~0.7-1.5 s/step)            | ~5-10 min |
+    | closed_loop            | 2 policies x 3 tasks x 5 episodes, <= 100 steps, a query every 16 steps (~1-3 s per query) | ~4-8 min |
+
+    The robot phases are dominated by the action-expert steps and the policy queries. Each query runs
+    10 flow steps through the VLM prefix. Under CPU contention from other processes every figure grows
+    several-fold. Cut `posttrain_steps` or `eval_episodes_per_task` to stay inside a fixed budget.
+    """
 
     out_dir: str = "runs/demo"
     train_scenes: int = 1000
@@ -42,13 +72,38 @@ class DemoConfig:
     eval_scenes: int = 100
     regenerate: bool = False
     """Regenerate the scenes even if a matching dataset exists."""
+    robot: bool = True
+    """Run the robot phases after the grounding part (demos, stage 2, post-training, closed loop)."""
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    """MetaWorld v3 tasks of the demos and the closed-loop evaluation."""
+    demos_per_task: int = 10
+    """Successful scripted-expert episodes per task (seeds `seed`, `seed + 1`, ...)."""
+    demo_image_size: int = 128
+    """Camera images of demos and evaluation (square; the tiny model's input size)."""
+    stage2_steps: int = 150
+    posttrain_steps: int = 200
+    """Post-training steps; the pose-pretrained and the from-scratch policy get the same budget."""
+    posttrain_batch_size: int = 8
+    eval_episodes_per_task: int = 5
+    eval_seed: int = 100_000
+    """First environment seed of the closed-loop evaluation (never one of the demos' seeds)."""
+    eval_max_steps: int = 100
+    """Step limit of an evaluation episode (the experts need 55-90 steps on the default tasks)."""
+    replan_every: int = 16
+    """Actions executed from each predicted 16-step chunk before the policy is queried again (16 = the whole
+    chunk, as the paper deploys; fewer reacts faster but costs a query each time)."""
+    videos_per_task: int = 1
     quick: bool = False
-    """Tiny smoke run (for CI / tests): few scenes, few steps. Numbers are not meaningful."""
+    """Tiny smoke run (for CI / tests): few scenes, few steps, one task. Numbers are not meaningful."""
     progress: bool = True
 
 
 def quick_config(cfg: DemoConfig) -> DemoConfig:
-    return dataclasses.replace(cfg, train_scenes=12, val_scenes=3, steps=4, batch_size=4, eval_scenes=3, workers=1)
+    return dataclasses.replace(
+        cfg, train_scenes=12, val_scenes=3, steps=4, batch_size=4, eval_scenes=3, workers=1,
+        tasks=cfg.tasks[:1], demos_per_task=1, demo_image_size=64, stage2_steps=2, posttrain_steps=2,
+        posttrain_batch_size=2, eval_episodes_per_task=1, eval_max_steps=16, videos_per_task=1,
+    )
 
 
 def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
@@ -76,6 +131,227 @@ def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
     return stats
 
 
+def _demo_seed_ranges_overlap(cfg: DemoConfig) -> None:
+    """The evaluation seeds must not be seeds the demos could have used (attempt k = seed + k)."""
+    attempts = 2 * cfg.demos_per_task + 5  # metaworld_demos' default attempt limit
+    demo = range(cfg.seed, cfg.seed + attempts)
+    ev = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task)
+    if demo.start < ev.stop and ev.start < demo.stop:
+        raise ConfigError(
+            f"evaluation seeds {ev.start}..{ev.stop - 1} overlap the demo seeds {demo.start}..{demo.stop - 1}; "
+            "pass a larger --eval-seed (e.g. 100000)"
+        )
+
+
+def _write_demos(root: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """Scripted-expert demos at `root` (LeRobot v3); reused when a previous run wrote the same ones."""
+    from posevla.data.metaworld_demos import REPORT_FILE, write_metaworld_demos
+    from posevla.data.metaworld_demos import DemoConfig as MetaWorldDemoConfig
+
+    mw = MetaWorldDemoConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task, seed=cfg.seed,
+                             image_size=cfg.demo_image_size)
+    want = {"tasks": list(mw.tasks), "episodes_per_task": mw.episodes_per_task, "seed": mw.seed,
+            "image_size": mw.image_size, "depth": mw.depth, "max_steps": mw.max_steps,
+            "frames_after_success": mw.frames_after_success}
+    report_file = root / REPORT_FILE
+    if not cfg.regenerate and report_file.exists() and (root / "meta" / "info.json").exists():
+        have = json.loads(report_file.read_text())
+        if {k: have.get("config", {}).get(k) for k in want} == want:
+            print(f"[demo] reusing {root} ({have['successes']} MetaWorld demos)")
+            return have | {"reused": True}
+    rep = write_metaworld_demos(root, mw, overwrite=True, progress=cfg.progress)
+    return rep.to_dict()
+
+
+def constant_action_dims(root: str | Path, action_cfg: Any) -> tuple[str, ...]:
+    """Qualified names (``actions.action[3]``, ``state.observation.state[4]``) of the dims that are constant
+    in a LeRobot dataset under `action_cfg` (e.g. a gripper command a task never changes).
+
+    Post-training z-scores every dim; a constant one is only centred once it is listed in
+    ``ActionConfig.constant_dims``, which is what the demo does with this list.
+    """
+    import numpy as np
+
+    from posevla.data.actions import action_names, action_vectors, state_names, state_vectors
+    from posevla.data.lerobot import load_lerobot_v3
+
+    ds = load_lerobot_v3(root)
+    episodes = [ds.episode(e, images=False).features for e in range(ds.num_episodes)]
+    out: list[str] = []
+    for feature, vectors, names in (("actions", action_vectors, action_names), ("state", state_vectors, state_names)):
+        x = np.concatenate([vectors(f, action_cfg, f"episode {i}") for i, f in enumerate(episodes)])
+        std = x.std(0)
+        out += [f"{feature}.{n}" for n, sd in zip(names(episodes[0], action_cfg), std, strict=True)
+                if not sd >= action_cfg.std_eps]
+    return tuple(out)
+
+
+def _check_eval_seeds(train_data: str | Path, tasks: tuple[str, ...], seed: int, episodes: int) -> None:
+    """Refuse evaluation seeds that were training demos of the same task (when the demos say so)."""
+    from posevla.data.metaworld_demos import REPORT_FILE
+
+    report = Path(train_data) / REPORT_FILE
+    if not report.is_file():
+        return
+    used = {(e["task"], int(e["seed"])) for e in json.loads(report.read_text()).get("episodes", [])}
+    clash = sorted((t, s) for t in tasks for s in range(seed, seed + episodes) if (t, s) in used)
+    if clash:
+        raise ConfigError(
+            f"evaluation seeds {seed}..{seed + episodes - 1} include training demos of the checkpoint "
+            f"({', '.join(f'{t} seed {s}' for t, s in clash[:5])}); pass --seed 100000 or another unused range"
+        )
+
+
+def evaluate_policy_checkpoint(
+    checkpoint: str | Path,
+    *,
+    tasks: tuple[str, ...] | list[str],
+    episodes_per_task: int,
+    seed: int = 100_000,
+    replan_every: int = 8,
+    max_steps: int | None = None,
+    out_dir: str | Path | None = None,
+    videos_per_task: int = 1,
+    image_size: int | None = None,
+    device: str = "auto",
+    policy_name: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Closed-loop MetaWorld evaluation of a post-trained checkpoint (`posevla eval sim`, the demo).
+
+    Loads :class:`posevla.serving.Policy` from `checkpoint`, builds each task's environment with the
+    training data's image size (or `image_size`) and runs :func:`posevla.eval.rollout.evaluate`; seeds are
+    ``seed, seed + 1, ...`` for every task. Returns the eval card (written to `out_dir` when given).
+
+    Raises:
+        ConfigError: unknown task, or evaluation seeds that were demos the checkpoint was trained on.
+        CheckpointError: a missing checkpoint, or one without an action expert.
+    """
+    from posevla.envs.metaworld import _resolve_task, make
+    from posevla.eval.rollout import evaluate
+    from posevla.serving.policy import Policy
+
+    if isinstance(tasks, str) or not tasks:
+        raise ConfigError(f"name at least one MetaWorld task, got {tasks!r}")
+    tasks = tuple(_resolve_task(t) for t in tasks)  # unknown names fail before the model loads
+    policy = Policy.from_checkpoint(checkpoint, device=device, seed=0)
+    _check_eval_seeds(policy.train_config.train_data, tasks, seed, episodes_per_task)
+    if image_size is not None:
+        size: int | tuple[int, int] = image_size
+    else:
+        w, h = policy.image_sizes.get(policy.cameras[0], (128, 128))
+        size = (int(h), int(w))
+
+    def make_env(task: str) -> Any:
+        return make(task, image_size=size, max_steps=max_steps)
+
+    return evaluate(
+        make_env, policy, tasks=tasks, episodes_per_task=episodes_per_task, seeds=seed,
+        replan_every=replan_every, out_dir=out_dir, videos_per_task=videos_per_task, env_name="metaworld",
+        policy_name=policy_name or str(policy.checkpoint), checkpoint=policy.checkpoint,
+        extra={"train_config": policy.train_config.name, "init_checkpoint": policy.train_config.init_checkpoint},
+        progress=progress,
+    )
+
+
+def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path, timing: dict[str, float]) -> dict[str, Any]:
+    """Demos → stage 2 → post-training (pose-pretrained and scratch, same budget) → closed-loop eval."""
+    from posevla.eval.report import plot_loss_curve
+    from posevla.training.config import get_config
+    from posevla.training.trainer import train
+
+    # demos
+    t = time.time()
+    lerobot_dir = out / "data" / "lerobot"
+    demos = _write_demos(lerobot_dir, cfg)
+    timing["demos"] = round(time.time() - t, 2)
+
+    # stage 2: from this run's stage-1 checkpoint, on the demos' waypoints + the stage-1 scenes
+    t = time.time()
+    base2 = get_config("stage2-tiny")
+    kinds = {s.kind: s for s in base2.sources}
+    s2 = dataclasses.replace(
+        base2,
+        init_checkpoint=str(stage1_ckpt),
+        out_dir=str(out / "stage2"),
+        sources=(dataclasses.replace(kinds["lerobot"], path=str(lerobot_dir)),
+                 dataclasses.replace(kinds["generated"], path=str(train_dir))),
+        steps=cfg.stage2_steps,
+        batch_size=cfg.batch_size,
+        warmup_steps=min(base2.warmup_steps, max(1, cfg.stage2_steps // 10)),
+        save_every=max(cfg.stage2_steps, 1),
+        log_every=max(1, min(10, cfg.stage2_steps // 50)),
+        progress=cfg.progress,
+    )
+    r2 = train(s2)
+    timing["stage2"] = round(time.time() - t, 2)
+
+    # post-training: the same budget (steps, batch, seed, data) from stage 2 and from scratch
+    t = time.time()
+    base = get_config("posttrain-tiny")
+    constant = constant_action_dims(lerobot_dir, base.action)
+    if constant:
+        print(f"[demo] constant in the demos (centred, not scaled): {', '.join(constant)}")
+    action = dataclasses.replace(base.action, constant_dims=tuple(base.action.constant_dims) + constant)
+    common = dict(
+        train_data=str(lerobot_dir),
+        action=action,
+        steps=cfg.posttrain_steps,
+        batch_size=cfg.posttrain_batch_size,
+        warmup_steps=min(base.warmup_steps, max(1, cfg.posttrain_steps // 10)),
+        save_every=max(cfg.posttrain_steps, 1),
+        log_every=max(1, min(10, cfg.posttrain_steps // 50)),
+        progress=cfg.progress,
+    )
+    post: dict[str, Any] = {}
+    for name, init in (("pose_pretrained", str(r2.checkpoint)), ("scratch", None)):
+        tt = time.time()
+        post[name] = train(dataclasses.replace(base, init_checkpoint=init, out_dir=str(out / f"posttrain_{name}"), **common))
+        timing[f"posttrain_{name}"] = round(time.time() - tt, 2)
+    timing["posttrain"] = round(time.time() - t, 2)
+
+    # closed loop: both policies, the same tasks and environment seeds
+    t = time.time()
+    cards = {
+        name: evaluate_policy_checkpoint(
+            res.checkpoint, tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes_per_task, seed=cfg.eval_seed,
+            replan_every=cfg.replan_every, max_steps=cfg.eval_max_steps, out_dir=out / "closed_loop" / name,
+            videos_per_task=cfg.videos_per_task, image_size=cfg.demo_image_size, policy_name=name,
+            progress=cfg.progress,
+        )
+        for name, res in post.items()
+    }
+    timing["closed_loop"] = round(time.time() - t, 2)
+
+    keys = ("successes", "episodes", "rate", "ci95")
+    closed_loop: dict[str, Any] = {
+        "env": "metaworld",
+        "tasks": list(cfg.tasks),
+        "episodes_per_task": cfg.eval_episodes_per_task,
+        **{name: {k: card["overall"][k] for k in keys} for name, card in cards.items()},
+        "per_task": {name: {task: {k: r[k] for k in keys} for task, r in card["per_task"].items()}
+                     for name, card in cards.items()},
+        "first_seed": cfg.eval_seed,
+        "replan_every": cfg.replan_every,
+        "max_steps": cfg.eval_max_steps,
+        "latency_ms_p50": {name: card["latency"]["p50_ms"] for name, card in cards.items()},
+    }
+    plot_loss_curve(r2.history, out / "stage2_loss.png", title="stage 2 (waypoints + scenes)")
+    for name, res in post.items():
+        plot_loss_curve(res.history, out / f"posttrain_{name}_loss.png", title=f"post-training: {name}")
+    return {
+        "closed_loop": closed_loop,
+        "cards": cards,
+        "demos": demos,
+        "constant_dims": list(constant),
+        "training": {
+            "stage2": {"steps": r2.steps, "final_loss": r2.final_loss, "batch_size": cfg.batch_size},
+            **{f"posttrain_{n}": {"steps": r.steps, "final_loss": r.final_loss, "batch_size": cfg.posttrain_batch_size}
+               for n, r in post.items()},
+        },
+    }
+
+
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the summary dict (also written to summary.json)."""
     if cfg.quick:
@@ -89,6 +365,13 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     from posevla.training.config import get_config
     from posevla.training.trainer import train
 
+    if cfg.robot:
+        _demo_seed_ranges_overlap(cfg)
+        if not cfg.tasks:
+            raise ConfigError("--tasks is empty: name at least one MetaWorld task (or pass --no-robot)")
+        from posevla.envs.metaworld import _resolve_task
+
+        cfg = dataclasses.replace(cfg, tasks=tuple(_resolve_task(t) for t in cfg.tasks))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
@@ -135,6 +418,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         progress=cfg.progress,
     )
     timing["eval"] = round(time.time() - t, 2)
+
+    # 4. robot phases: demos, stage 2, post-training (pose-pretrained vs scratch), closed loop
+    robot = _robot_phases(cfg, out, train_dir, result.checkpoint, timing) if cfg.robot else None
     timing["total"] = round(time.time() - t_all, 2)
 
     keys = ("ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm")
@@ -142,6 +428,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         "grounding": {
             "model": {k: ev["model"][k] for k in keys},
             "baseline": {k: ev["baseline"][k] for k in keys},
+            "image_reliance": ev["image_reliance"],
             "n_scenes": ev["n_scenes"],
         },
         "timing_s": timing,
@@ -155,6 +442,12 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         "versions": package_versions(),
         "quick": cfg.quick,
     }
+    if robot is not None:
+        summary["closed_loop"] = robot["closed_loop"]
+        summary["data"]["metaworld_demos"] = robot["demos"].get("successes")
+        summary["data"]["demos_per_min"] = robot["demos"].get("demos_per_min")
+        summary["data"]["constant_dims"] = robot["constant_dims"]
+        summary["robot_training"] = robot["training"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
     rows = [{"policy": name, **{k: ev[name][k] for k in keys}} for name in ("model", "baseline")]
@@ -164,26 +457,74 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         for c, d in sorted(ev["model"]["per_category"].items())
     ]
     plot_loss_curve(result.history, out / "loss_curve.png")
+    headline: dict[str, Any] = {
+        "model AP3D": ev["model"]["ap3d"],
+        "baseline AP3D": ev["baseline"]["ap3d"],
+        "model AP@0.25": ev["model"]["ap25"],
+        "baseline AP@0.25": ev["baseline"]["ap25"],
+    }
+    sections = [
+        ("What ran", f"{cfg.train_scenes} train / {cfg.val_scenes} held-out scenes, {result.steps} steps of "
+         f"stage-1 training (batch {cfg.batch_size}), evaluation on {ev['n_scenes']} held-out scenes. "
+         "Baseline = each category's mean depth, size and rotation at the object's true 2D centre."),
+    ]
+    images = [("stage-1 training loss", "loss_curve.png")]
+    tables = [("3D grounding: model vs baseline", rows), ("Per category", per_cat)]
+    videos: list[tuple[str, str]] = []
+    cl_rows: list[dict[str, Any]] = []
+    if robot is not None:
+        cl = robot["closed_loop"]
+        for name in ("pose_pretrained", "scratch"):
+            r = cl[name]
+            headline[f"{name} success"] = f"{r['successes']}/{r['episodes']}"
+            cl_rows.append({"policy": name, "successes": r["successes"], "episodes": r["episodes"],
+                            "rate %": 100 * r["rate"], "ci95 low %": 100 * r["ci95"][0],
+                            "ci95 high %": 100 * r["ci95"][1]})
+        per_task = []
+        for task in cl["tasks"]:
+            row: dict[str, Any] = {"task": task}
+            for n in ("pose_pretrained", "scratch"):
+                r = cl["per_task"][n][task]
+                row[f"{n} successes"] = f"{r['successes']}/{r['episodes']}"
+                row[f"{n} rate %"] = 100 * r["rate"]
+            per_task.append(row)
+        tables[:0] = [("Closed loop: MetaWorld success (Wilson 95 % interval)", cl_rows)]
+        tables.append(("Closed loop per task", per_task))
+        tr = robot["training"]
+        sections.append((
+            "Robot phases",
+            f"{robot['demos'].get('successes')} scripted-expert MetaWorld demos ({', '.join(cl['tasks'])}; "
+            f"seeds from {cfg.seed}) → stage 2 from this run's stage-1 checkpoint, {tr['stage2']['steps']} steps "
+            f"(waypoints + stage-1 scenes) → post-training of the action expert, {cfg.posttrain_steps} steps at "
+            f"batch {cfg.posttrain_batch_size}, once from the stage-2 checkpoint (pose_pretrained) and once from "
+            f"scratch (no pose pre-training), same data, seed and budget → {cl['episodes_per_task']} closed-loop "
+            f"episodes per task for each policy on the same environment seeds (from {cfg.eval_seed}), at most "
+            f"{cfg.eval_max_steps} steps, re-planning every {cfg.replan_every} of 16 predicted actions."
+            + (f" Dims constant in the demos (centred only): {', '.join(robot['constant_dims'])}."
+               if robot["constant_dims"] else ""),
+        ))
+        images += [("stage-2 training loss", "stage2_loss.png")] + [
+            (f"post-training loss: {n}", f"posttrain_{n}_loss.png") for n in ("pose_pretrained", "scratch")
+        ]
+        for name, card in robot["cards"].items():
+            videos += [(f"{name}: {Path(v).stem}", f"closed_loop/{name}/{v}") for v in card["videos"]]
+    headline["total time (s)"] = timing["total"]
+    sections.append(("Pose-token quantisation", format_report(qrep)))
+    images += [(f"held-out scene {Path(p).stem}", f"eval/{p}") for p in ev.get("overlays", [])]
+    tables.append(("Wall time per phase (s)", [timing]))
     write_html_report(
         out / "report.html",
-        title="posevla demo: stage-1 pose pre-training on generated MuJoCo scenes",
-        summary={
-            "model AP3D": ev["model"]["ap3d"],
-            "baseline AP3D": ev["baseline"]["ap3d"],
-            "model AP@0.25": ev["model"]["ap25"],
-            "baseline AP@0.25": ev["baseline"]["ap25"],
-            "total time (s)": timing["total"],
-        },
-        sections=[
-            ("What ran", f"{cfg.train_scenes} train / {cfg.val_scenes} held-out scenes, {result.steps} steps of "
-             f"stage-1 training (batch {cfg.batch_size}), evaluation on {ev['n_scenes']} held-out scenes. "
-             "Baseline = each category's mean depth, size and rotation at the object's true 2D centre."),
-            ("Pose-token quantisation", format_report(qrep)),
-        ],
-        images=[("training loss", "loss_curve.png")] + [(f"held-out scene {Path(p).stem}", f"eval/{p}") for p in ev.get("overlays", [])],
-        tables=[("Model vs baseline", rows), ("Per category", per_cat), ("Wall time per phase (s)", [timing])],
+        title="posevla demo: pose pre-training, then MetaWorld post-training vs from scratch"
+        if robot is not None else "posevla demo: stage-1 pose pre-training on generated MuJoCo scenes",
+        summary=headline,
+        sections=sections,
+        images=images,
+        tables=tables,
+        videos=videos,
     )
     print("\n" + markdown_table(rows))
+    if cl_rows:
+        print("\n" + markdown_table(cl_rows))
     print(f"\nwall time per phase (s): {timing}")
     print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
     return summary

@@ -122,12 +122,14 @@ def write_html_report(
     sections: Sequence[tuple[str, str]] | None = None,
     images: Sequence[tuple[str, str]] | None = None,
     tables: Sequence[tuple[str, Sequence[Mapping[str, Any]]]] | None = None,
+    videos: Sequence[tuple[str, str]] | None = None,
 ) -> None:
     """Write one self-contained HTML page.
 
     Order: title, headline numbers (``summary``; nested dicts flattened to dotted names), then ``tables``
     (title, rows), ``sections`` (heading, plain text shown pre-formatted), ``images`` (caption, path
-    relative to the page). All text is HTML-escaped.
+    relative to the page), ``videos`` (caption, path relative to the page: ``.mp4`` plays in a video
+    element, anything else, e.g. an animated GIF, is shown as an image). All text is HTML-escaped.
     """
     parts = [
         "<!DOCTYPE html>",
@@ -160,6 +162,13 @@ def write_html_report(
                 f'<figure><img src="{src}" alt="{html.escape(caption, quote=True)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
+    if videos:
+        parts.append("<h2>Videos</h2>")
+        for caption, rel in videos:
+            src = html.escape(Path(rel).as_posix(), quote=True)
+            media = (f'<video src="{src}" controls loop muted width="480"></video>' if src.endswith(".mp4")
+                     else f'<img src="{src}" alt="{html.escape(caption, quote=True)}">')
+            parts.append(f"<figure>{media}<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
