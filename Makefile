@@ -30,6 +30,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_expert.py
 
 clean:
 	rm -rf runs .pytest_cache

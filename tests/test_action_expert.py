@@ -21,6 +21,7 @@ from posevla.models.action_expert import (
 )
 from posevla.models.config import get_model_config
 from posevla.models.pi0_weights import (
+    build_pi0_reference,
     expert_config_from_pi0,
     load_pi0_checkpoint,
     load_pi0_state_dict,
@@ -277,28 +278,6 @@ def test_overfits_one_batch():
 # -- parity with transformers' PI0 ---------------------------------------------------------------------------
 
 
-def _pi0_for(pol: PoseVLAPolicyModel):
-    from transformers import PI0Config, PI0ForConditionalGeneration
-
-    e = pol.cfg
-    cfg = PI0Config(
-        vlm_config=pol.vlm.hf.config.to_dict(),
-        dit_config={
-            "model_type": "gemma",
-            "hidden_size": e.hidden,
-            "num_hidden_layers": e.layers,
-            "intermediate_size": e.mlp,
-            "num_attention_heads": e.heads,
-            "num_key_value_heads": e.kv_heads,
-            "head_dim": e.head_dim,
-        },
-        chunk_size=e.chunk_size,
-        max_state_dim=e.max_state_dim,
-        max_action_dim=e.max_action_dim,
-    )
-    return PI0ForConditionalGeneration(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def parity_pair():
     torch.manual_seed(1)
@@ -308,7 +287,7 @@ def parity_pair():
         get_expert_config("tiny", chunk_size=4, max_state_dim=8, max_action_dim=8),
     ).eval()
     torch.manual_seed(2)
-    return ours, _pi0_for(ours)
+    return ours, build_pi0_reference(ours)
 
 
 def _parity_diffs(ours, ref, batch, noise, tau):
