@@ -82,6 +82,16 @@ def test_quick_demo_end_to_end(quick_demo):
     for k in ("steps", "batch_size", "seed", "train_data"):
         assert post["pose_pretrained"][k] == post["scratch"][k]
     assert "stage1" in json.loads((out / "stage2" / "config.json").read_text())["train"]["init_checkpoint"]
+    # the token bins stage 1 trained with cover the demos' waypoints (stage 2 reuses them)
+    from posevla.data.lerobot import load_lerobot_v3
+    from posevla.data.trajectory import collect_waypoint_translations
+    from posevla.tokens import BinSpec
+
+    bins = BinSpec.load(out / "stage1" / "bins.json")
+    z = collect_waypoint_translations(load_lerobot_v3(out / "data" / "lerobot"))[:, 2]
+    assert "waypoints" in bins.description
+    inside = (z >= bins.trans_z_edges[0]) & (z <= bins.trans_z_edges[-1])
+    assert inside.mean() > 0.9, f"only {inside.mean():.0%} of waypoint depths fall inside the depth bins"
     # both policies saw the same environment seeds
     cards = {w: json.loads((out / "closed_loop" / w / "eval_card.json").read_text()) for w in ("pose_pretrained", "scratch")}
     assert cards["pose_pretrained"]["seeds"] == cards["scratch"]["seeds"] == {"reach-v3": [100000]}

@@ -254,17 +254,42 @@ def evaluate_policy_checkpoint(
     )
 
 
+def _fit_demo_bins(out: Path, train_dir: Path, lerobot_dir: Path) -> Path:
+    """Token bins fitted over the stage-1 scenes and the stage-2 demo waypoints, saved as `out/bins.json`."""
+    from posevla.data.mixture import SourceSpec, fit_source_bins, load_source
+    from posevla.training.config import get_config
+
+    s1, s2 = get_config("stage1-tiny"), get_config("stage2-tiny")
+    lerobot_spec = next(sp for sp in s2.sources if sp.kind == "lerobot")
+    loaded = [
+        load_source(SourceSpec(kind="generated", path=str(train_dir))),
+        load_source(dataclasses.replace(lerobot_spec, path=str(lerobot_dir))),
+    ]
+    bins = fit_source_bins(
+        loaded,
+        n_trans_xy=s1.n_trans_xy,
+        n_trans_z=s1.n_trans_z,
+        n_size=s1.n_size,
+        n_rot=s1.n_rot,
+        n_loc=s1.n_loc,
+        description=f"fitted on {train_dir} (boxes) + {lerobot_dir} (waypoints)",
+    )
+    path = out / "bins.json"
+    bins.save(path)
+    return path
+
+
 def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path, timing: dict[str, float]) -> dict[str, Any]:
     """Demos → stage 2 → post-training (pose-pretrained and scratch, same budget) → closed-loop eval."""
     from posevla.eval.report import plot_loss_curve
     from posevla.training.config import get_config
     from posevla.training.trainer import train
 
-    # demos
+    # demos (written before stage 1 by run_demo; reused here)
     t = time.time()
     lerobot_dir = out / "data" / "lerobot"
     demos = _write_demos(lerobot_dir, cfg)
-    timing["demos"] = round(time.time() - t, 2)
+    timing.setdefault("demos", round(time.time() - t, 2))
 
     # stage 2: from this run's stage-1 checkpoint, on the demos' waypoints + the stage-1 scenes
     t = time.time()
@@ -384,10 +409,20 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     gen_val = _generate(val_dir, cfg.val_scenes, cfg.seed + 1_000_003, cfg)
     timing["generate"] = round(time.time() - t, 2)
 
+    # 1b. robot demos come first, so the token bins cover stage-2 waypoints too (spec open question 1):
+    # MetaWorld cameras see the gripper at 1-2 m, far outside the tabletop scenes' 0.3-0.9 m depth range.
+    bins_path = None
+    if cfg.robot:
+        t = time.time()
+        _write_demos(out / "data" / "lerobot", cfg)
+        timing["demos"] = round(time.time() - t, 2)
+        bins_path = _fit_demo_bins(out, train_dir, out / "data" / "lerobot")
+
     # 2. stage 1
     t = time.time()
     tcfg = dataclasses.replace(
         get_config("stage1-tiny"),
+        bins=None if bins_path is None else str(bins_path),
         train_data=str(train_dir),
         out_dir=str(out / "stage1"),
         steps=cfg.steps,
