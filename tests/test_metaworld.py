@@ -223,3 +223,16 @@ def test_demo_generation_writes_lerobot_v3(tmp_path):
         DemoConfig(tasks=("fly-v3",))
     with pytest.raises(ConfigError, match="episodes_per_task"):
         DemoConfig(episodes_per_task=0)
+
+
+def test_every_instruction_fits_the_tiny_prompt():
+    """Stage 2 / post-training prompt with these instructions: all must fit the tiny model's prompt slot."""
+    from posevla.envs.metaworld import TASKS, instruction_for
+    from posevla.models import PoseTextTokenizer, get_model_config
+
+    tok = PoseTextTokenizer.build_scratch()
+    limit = get_model_config("tiny").prompt_len
+    for task in TASKS:
+        for seed in range(3):
+            text = instruction_for(task, seed)
+            assert len(tok.encode_text(text)) + 2 <= limit, (task, text)  # + <bos> and "\n"

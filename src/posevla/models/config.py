@@ -173,7 +173,7 @@ MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
         head_dim=32,
         text_mlp=512,
         projection_dim=128,
-        prompt_len=24,  # MetaWorld instructions reach 18 tokens
+        prompt_len=40,  # the longest MetaWorld instruction is 39 tokens with <bos> and "\n" (test_metaworld)
         max_position_embeddings=2048,
     ),
     # spec §1.1: SigLIP So400m/14 @224 + Gemma-2B (paligemma-3b-pt-224).
