@@ -74,8 +74,27 @@ def test_chunks_replan_and_errors():
         assert r.episodes[0].policy_calls == 6
         with pytest.raises(DataError, match=r"expected a finite chunk \(H, 4\)"):
             rollout(env, lambda obs: np.zeros((2, 7)), episodes=1)
-        with pytest.raises(DataError, match="non-finite"):
-            rollout(env, lambda obs: np.full((2, 4), np.nan), episodes=1)
+        # NaN actions never reach the simulator: the episode fails with the reason, the next one runs
+        sent = []
+        real_step = env.step
+        env.step = lambda a: (sent.append(np.asarray(a)), real_step(a))[1]
+        calls = iter(range(100))
+        r = rollout(env, lambda obs: np.full((2, 4), np.nan) if next(calls) == 1 else np.zeros((2, 4)),
+                    episodes=2, seeds=[3, 4], replan_every=2, max_steps=6)
+        assert r.episodes[0].error and "non-finite" in r.episodes[0].error and r.episodes[0].steps == 2
+        assert r.episodes[1].error is None and r.episodes[1].steps == 6
+        assert all(np.all(np.isfinite(a)) for a in sent) and len(sent) == 8
+        assert r.summary()["failed_with_error"][0]["seed"] == 3
+        # a simulator that crashes mid-episode fails that episode only
+        def crashing_step(a, n=iter(range(100))):
+            if next(n) == 3:
+                raise RuntimeError("physics went unstable")
+            return real_step(a)
+        env.step = crashing_step
+        r = rollout(env, lambda obs: np.zeros((2, 4)), episodes=2, seeds=[5, 6], max_steps=5)
+        assert "physics went unstable" in r.episodes[0].error and not r.episodes[0].success
+        assert r.episodes[1].error is None and r.episodes[1].steps == 5
+        env.step = real_step
         with pytest.raises(ConfigError, match="max_steps"):
             rollout(env, lambda obs: np.zeros(4), episodes=1, max_steps=21)
         with pytest.raises(ConfigError, match="replan_every"):

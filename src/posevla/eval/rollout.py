@@ -150,6 +150,8 @@ class EpisodeResult:
         total_reward: sum of the environment's rewards.
         instruction: the episode's instruction (``obs["task"]``), if the environment gives one.
         video: path of the episode's video, if one was written.
+        error: why the episode ended early as a failure (non-finite actions from the policy, which are
+            never sent to the simulator, or an exception inside the simulator), else None.
     """
 
     task: str
@@ -162,6 +164,7 @@ class EpisodeResult:
     total_reward: float = 0.0
     instruction: str | None = None
     video: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -198,6 +201,7 @@ class RolloutResult:
         out["seeds"] = [e.seed for e in self.episodes]
         out["latency"] = latency_summary(self.latencies_s)
         out["chunk_horizon"] = sorted(set(self.chunk_sizes))
+        out["failed_with_error"] = [{"seed": e.seed, "error": e.error} for e in self.episodes if e.error]
         return out
 
 
@@ -331,6 +335,10 @@ def _seed_list(episodes: int | None, seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
+class NonFiniteActionError(DataError):
+    """The policy produced NaN/inf actions; the rollout records the episode as failed and goes on."""
+
+
 def _as_output(out: Any, action_dim: int, task: str, seed: int, step: int) -> PolicyOutput:
     if not isinstance(out, PolicyOutput):
         out = PolicyOutput(actions=out)
@@ -340,7 +348,13 @@ def _as_output(out: Any, action_dim: int, task: str, seed: int, step: int) -> Po
         a = np.zeros((0,))
     if a.ndim == 1:
         a = a[None]
-    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != action_dim or not np.all(np.isfinite(a)):
+    if a.ndim == 2 and a.shape[0] >= 1 and a.shape[1] == action_dim and not np.all(np.isfinite(a)):
+        raise NonFiniteActionError(
+            f"the policy returned non-finite actions (NaN/inf) in a chunk of shape {a.shape}; not sent to the simulator",
+            record=f"task {task} seed {seed} step {step}", field="actions",
+            fix="check the checkpoint's norm stats and the observation (Policy.infer validates both)",
+        )
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != action_dim:
         raise DataError(
             f"the policy returned actions of shape {np.shape(out.actions)}"
             + ("" if a.ndim != 2 or a.shape[1] != action_dim else " with non-finite values")
@@ -412,7 +426,11 @@ def rollout(
             raw = policy_fn(obs)
             ep.latencies_s.append(time.perf_counter() - t0)
             ep.policy_calls += 1
-            out = _as_output(raw, env.action_dim, env.task_name, seed, ep.steps)
+            try:
+                out = _as_output(raw, env.action_dim, env.task_name, seed, ep.steps)
+            except NonFiniteActionError as exc:  # recorded as a failed episode; the evaluation goes on
+                ep.error = str(exc)
+                break
             result.chunk_sizes.append(int(out.actions.shape[0]))
             for action in out.actions[: int(replan_every)]:
                 if record:
@@ -421,7 +439,12 @@ def rollout(
                         img = np.asarray(overlay_fn(img.copy(), obs, out), np.uint8)
                     caption = f"{env.task_name} seed {seed} step {ep.steps}"
                     frames.append(_video_frame(obs, env.cameras, img, caption))
-                res = env.step(action)
+                try:
+                    res = env.step(action)
+                except Exception as exc:  # a simulator crash fails this episode, not the evaluation
+                    ep.error = f"the environment raised at step {ep.steps}: {type(exc).__name__}: {exc}"
+                    done = True
+                    break
                 ep.steps += 1
                 ep.total_reward += float(res.reward)
                 obs = res.obs
@@ -437,7 +460,7 @@ def rollout(
             ep.video = str(write_video(Path(video_dir) / f"{env.task_name}_seed{seed}", frames, video_fps))
         result.episodes.append(ep)
         if progress:
-            outcome = "success" if ep.success else "fail"
+            outcome = "success" if ep.success else ("error: " + ep.error if ep.error else "fail")
             print(f"[rollout] {env.task_name} seed {seed}: {outcome} after {ep.steps} steps, "
                   f"{ep.policy_calls} policy calls", flush=True)
     return result
