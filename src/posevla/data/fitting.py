@@ -55,6 +55,12 @@ def merge_labels(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndar
     }
 
 
+def waypoint_labels(translations: np.ndarray) -> dict[str, np.ndarray]:
+    """Label dict of stage-2 waypoint translations (N, 3): x and y pooled into ``trans_xy``, z into ``trans_z``."""
+    t = np.asarray(translations, np.float64).reshape(-1, 3)  # (N, 3) metres
+    return {"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]}
+
+
 def fit_bins_on_labels(
     labels: Mapping[str, np.ndarray],
     *,
@@ -106,9 +112,8 @@ def fit_bins(
     parts = [collect_labels(scenes, label_filter)]
     n_way = 0
     if waypoint_translations is not None:
-        t = np.asarray(waypoint_translations, np.float64).reshape(-1, 3)  # (N, 3) metres
-        parts.append({"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]})
-        n_way = len(t)
+        parts.append(waypoint_labels(waypoint_translations))
+        n_way = len(parts[-1]["trans_z"])
     labels = merge_labels(parts)
     n_obj = len(parts[0]["trans_z"])
     default = f"fitted on {n_obj} objects from {len(scenes)} scenes" + (f" and {n_way} waypoints" if n_way else "")

@@ -46,7 +46,7 @@ import torch
 
 from posevla.data.bop import load_bop
 from posevla.data.doctor import DoctorReport, detect_format, run_doctor
-from posevla.data.fitting import collect_labels, fit_bins_on_labels, merge_labels
+from posevla.data.fitting import collect_labels, fit_bins_on_labels, merge_labels, waypoint_labels
 from posevla.data.lerobot import LeRobotV3Dataset, load_lerobot_v3
 from posevla.data.loader import (
     ExampleSource,
@@ -237,6 +237,16 @@ def check_sources(specs: Sequence[SourceSpec], *, log: Callable[[str], None] = p
     return reports
 
 
+def source_labels(src: LoadedSource) -> dict[str, np.ndarray]:
+    """The values a source contributes to the token bins: its kept boxes (grounding sources, their own
+    label filter, full views) or the camera-frame translations of its listed waypoints (``lerobot``)."""
+    if src.scenes is not None:
+        return collect_labels(src.scenes, src.spec.label_filter())
+    return waypoint_labels(
+        collect_waypoint_translations(src.robot, config=src.spec.trajectory_config(), frame_step=src.spec.frame_step)
+    )
+
+
 def fit_source_bins(
     loaded: Sequence[LoadedSource],
     *,
@@ -255,15 +265,9 @@ def fit_source_bins(
     """
     parts, counts = [], []
     for src in loaded:
-        if src.scenes is not None:
-            lab = collect_labels(src.scenes, src.spec.label_filter())
-            counts.append(f"{len(lab['trans_z'])} objects from {src.spec.label}")
-        else:
-            t = collect_waypoint_translations(
-                src.robot, config=src.spec.trajectory_config(), frame_step=src.spec.frame_step
-            )  # (N, 3)
-            lab = {"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]}
-            counts.append(f"{len(t)} waypoints from {src.spec.label}")
+        lab = source_labels(src)
+        what = "objects" if src.scenes is not None else "waypoints"
+        counts.append(f"{len(lab['trans_z'])} {what} from {src.spec.label}")
         parts.append(lab)
     return fit_bins_on_labels(
         merge_labels(parts),
@@ -284,17 +288,11 @@ def bins_coverage(loaded: Sequence[LoadedSource], bins: BinSpec) -> list[str]:
     """
     out = []
     for src in loaded:
-        if src.scenes is not None:
-            lab = collect_labels(src.scenes, src.spec.label_filter())
-        else:
-            try:
-                t = collect_waypoint_translations(
-                    src.robot, config=src.spec.trajectory_config(), frame_step=src.spec.frame_step
-                )  # (N, 3)
-            except DataError as e:
-                out.append(f"source {src.spec.label!r}: {e}")
-                continue
-            lab = {"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]}
+        try:
+            lab = source_labels(src)
+        except DataError as e:
+            out.append(f"source {src.spec.label!r}: {e}")
+            continue
         for fam in ("trans_xy", "trans_z", "size"):
             if fam not in lab or not len(lab[fam]):
                 continue
