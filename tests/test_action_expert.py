@@ -32,7 +32,7 @@ from posevla.models.pose_vla import PoseVLAPolicyModel
 torch.set_num_threads(1)
 
 # A small prefix: 2 views of 32 px (4 patches each) + a 12-token prompt.
-VLM_CFG = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12)
+VLM_CFG = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, pose_tags=False)
 PROMPTS = ["pick up the cup", "open the drawer", "stack"]  # different lengths -> right-padded prefixes
 
 

@@ -64,8 +64,13 @@ def test_quick_demo_end_to_end(quick_demo):
     """The quick demo writes report and summary: grounding, closed loop for both policies, timing."""
     out = quick_demo
     summary = json.loads((out / "summary.json").read_text())
-    for who in ("model", "baseline"):
+    for who in ("model", "model_given_2d", "baseline"):
         assert set(summary["grounding"][who]) >= {"ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm"}
+    # stage 1 used the head camera only; stage 2 (initialised from it) all three slots
+    s1 = json.loads((out / "stage1" / "config.json").read_text())
+    s2 = json.loads((out / "stage2" / "config.json").read_text())
+    assert s1["train"]["num_views"] == 1 and s1["model"]["num_views"] == 1
+    assert s2["model"]["num_views"] == 3
     assert set(summary["timing_s"]) >= {"generate", "stage1", "stage2", "posttrain", "eval", "total"}
     assert {"torch", "transformers", "mujoco", "posevla"} <= set(summary["versions"])
     cl = summary["closed_loop"]

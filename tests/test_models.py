@@ -44,7 +44,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def model(cfg, codec):
     torch.manual_seed(0)
-    m = PoseVLM.build(cfg, None, codec.vocabulary())
+    m = PoseVLM.build(cfg, None, codec.vocabulary(), bins=codec.bins)
     m.eval()
     return m
 
@@ -344,7 +344,7 @@ def test_rebuild_from_saved_tokenizer_loads_state_dict(model, codec, tmp_path):
     """What a checkpoint reload does: the saved tokenizer already holds the pose tokens; same shapes."""
     model.tokenizer.save(tmp_path / "tok")
     tok = PoseTextTokenizer.load(tmp_path / "tok")
-    m2 = PoseVLM.build(model.cfg, tok, codec.vocabulary())
+    m2 = PoseVLM.build(model.cfg, tok, codec.vocabulary(), bins=codec.bins)
     assert m2.vocab_size == model.vocab_size
     m2.load_state_dict(model.state_dict())
     m2.eval()
@@ -371,8 +371,8 @@ def test_load_hf_dir(tmp_path, cfg, codec):
     tok.hf.save_pretrained(str(d))
     loc_ids = [tok.token_to_id(t) for t in locs[:5]]
 
-    m = PoseVLM.from_hf_dir(d, cfg, codec.vocabulary())
-    m2 = PoseVLM.build(cfg.replace(base=str(d)), None, codec.vocabulary())
+    m = PoseVLM.from_hf_dir(d, cfg, codec.vocabulary(), bins=codec.bins)
+    m2 = PoseVLM.build(cfg.replace(base=str(d)), None, codec.vocabulary(), bins=codec.bins)
     ref_sd = ref.state_dict()
     for mm in (m, m2):
         sd = mm.hf.state_dict()

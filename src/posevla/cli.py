@@ -186,7 +186,7 @@ def _eval(argv: list[str]) -> None:
         max_scenes=a.max_scenes, device=a.device,
     )
     keys = ("ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm")
-    rows = [{"predictor": n, **{k: res[n][k] for k in keys}} for n in ("model", "baseline") if n in res]
+    rows = [{"predictor": n, **{k: res[n][k] for k in keys}} for n in ("model", "model_given_2d", "baseline") if n in res]
     print(markdown_table(rows))
     cats = [{"category": c, **d} for c, d in sorted(res["model"]["per_category"].items())]
     print(markdown_table(cats))

@@ -115,6 +115,44 @@ def _entry_scores(ids: Sequence[int], logprobs: Sequence[float], sep_id: int) ->
     return scores
 
 
+class GivenAnchorGrammar:
+    """Decoding with the ground-truth answer's structure, names and ``<loc>`` anchors forced.
+
+    The model chooses every pose value (``<transXY>``, ``<transZ>``, ``<size>``, ``<rot>``) itself, in the
+    context of its own earlier choices; everything else is the ground-truth token. This gives the model the
+    information the category-mean baseline gets (the true 2D location), so the two compare like for like.
+    """
+
+    def __init__(self, answer_ids: Sequence[int], value_families: Sequence[np.ndarray]) -> None:
+        self.answer = [int(t) for t in answer_ids]
+        self.families = [np.asarray(f, np.int64) for f in value_families]
+        self._family_of = {int(t): k for k, f in enumerate(self.families) for t in f}
+
+    def start(self) -> int:
+        return 0
+
+    def advance(self, state: int, token: int) -> int:
+        return state + 1
+
+    def is_done(self, state: int) -> bool:
+        return state >= len(self.answer)
+
+    def max_length(self) -> int:
+        return len(self.answer)
+
+    def allowed_mask(self, state: int, vocab_size: int) -> np.ndarray:
+        mask = np.zeros(vocab_size, bool)
+        if state >= len(self.answer):
+            return mask
+        t = self.answer[state]
+        k = self._family_of.get(t)
+        if k is None:
+            mask[t] = True
+        else:
+            mask[self.families[k]] = True
+        return mask
+
+
 class GroundingPredictor:
     """Loads a checkpoint and turns (scene, category) prompts into 3D boxes per view."""
 
@@ -148,6 +186,10 @@ class GroundingPredictor:
         self.token_ids = self.tokenizer.pose_token_ids(self.codec.vocabulary() + [";"])
         self.sep_id = self.token_ids[";"]
         self.max_instances_per_view = max_instances_per_view
+        self.value_families = [
+            np.asarray([i for t, i in self.token_ids.items() if t.startswith(prefix)], np.int64)
+            for prefix in ("<transXY", "<transZ", "<size", "<rot")
+        ]
 
     def grammar(self, category: str) -> PoseGrammar:
         return PoseGrammar(
@@ -160,21 +202,38 @@ class GroundingPredictor:
             max_entries_per_view=self.max_instances_per_view,
         )
 
+    def given_anchor_grammar(self, example) -> GivenAnchorGrammar:
+        """Forced ground-truth structure and anchors for `example` (its answer = the ground truth)."""
+        ids = self.tokenizer.encode_text(self.codec.serialize(example.views)) + [self.tokenizer.eos_id]
+        return GivenAnchorGrammar(ids, self.value_families)
+
     @torch.no_grad()
-    def predict(self, examples: Sequence) -> list[list[list[Box3D]]]:
-        """For each example: per view, the decoded boxes (the grammar bounds the length, so it always parses)."""
+    def predict(self, examples: Sequence, *, given_2d: bool = False) -> list[list[list[Box3D]]]:
+        """For each example: per view, the decoded boxes (the grammar bounds the length, so it always parses).
+
+        With `given_2d`, the ground-truth objects and their 2D boxes are given and the model predicts only
+        their 3D poses (`GivenAnchorGrammar`).
+        """
         from posevla.training.runtime import autocast_context
 
         batch = collate(examples, self.codec, self.tokenizer, self.spec, with_answer=False)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        grammars = [self.grammar(ex.category) for ex in examples]
+        if given_2d:
+            grammars = [self.given_anchor_grammar(ex) for ex in examples]
+        else:
+            grammars = [self.grammar(ex.category) for ex in examples]
         max_new = max(g.max_length() for g in grammars)
         with autocast_context(self.device, self.use_bf16):
             results = self.model.generate(batch, grammars, max_new)
         out = []
         for ex, res in zip(examples, results):
             views = self.codec.parse(self.tokenizer.decode(res.ids))
-            scores = iter(_entry_scores(res.ids, res.logprobs, self.sep_id))
+            if given_2d:  # score = confidence in the model's own choices (the 3D values), not the given tokens
+                values = set(np.concatenate(self.value_families).tolist()) | {self.sep_id}
+                kept = [(t, lp) for t, lp in zip(res.ids, res.logprobs) if t in values]
+                scores = iter(_entry_scores([t for t, _ in kept], [lp for _, lp in kept], self.sep_id))
+            else:
+                scores = iter(_entry_scores(res.ids, res.logprobs, self.sep_id))
             per_view = []
             for va in views:
                 boxes = []
@@ -196,7 +255,10 @@ def model_predictions(
     batch_size: int = 16,
     label_filter: LabelFilter | None = None,
     progress: bool = True,
+    given_2d: bool = False,
 ) -> dict[Key, list[Box3D]]:
+    """The model's boxes per (scene, view): one prompt per category a scene holds (`given_2d`: see
+    `GroundingPredictor.predict`)."""
     lf = label_filter or LabelFilter()
     jobs = [(s, c) for s in scenes for c in scene_categories(s, lf)]
     preds: dict[Key, list[Box3D]] = {(s.scene_id, vi): [] for s in scenes for vi in range(len(s.views[: predictor.spec.num_views]))}
@@ -224,7 +286,7 @@ def model_predictions(
             )
             for s, c in chunk
         ]
-        for (s, _), per_view in zip(chunk, predictor.predict(examples)):
+        for (s, _), per_view in zip(chunk, predictor.predict(examples, given_2d=given_2d)):
             for vi, boxes in enumerate(per_view[: len(s.views)]):
                 preds[(s.scene_id, vi)].extend(boxes)
     return preds
@@ -296,8 +358,14 @@ def evaluate_checkpoint(
     overlays: int = 6,
     device: str = "auto",
     progress: bool = True,
+    given_2d: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate model (and, given `train_data`, the category-mean baseline) on a grounding dataset."""
+    """Evaluate model (and, given `train_data`, the category-mean baseline) on a grounding dataset.
+
+    ``model`` detects (finds the objects and their 2D boxes itself); with `given_2d` also ``model_given_2d``:
+    the true objects and 2D boxes are given and the model predicts their 3D poses, the information the
+    baseline gets.
+    """
     t0 = time.time()
     data_json = Path(data) / "dataset.json" if Path(data).is_dir() else Path(data)
     scenes = load_omni3d(data_json)[:max_scenes]
@@ -306,6 +374,9 @@ def evaluate_checkpoint(
     gt = ground_truth(scenes, nv)
     preds = model_predictions(predictor, scenes, batch_size=batch_size, progress=progress)
     result: dict[str, Any] = {"model": evaluate_grounding(preds, gt).to_dict()}
+    if given_2d:
+        given = model_predictions(predictor, scenes, batch_size=batch_size, progress=progress, given_2d=True)
+        result["model_given_2d"] = evaluate_grounding(given, gt).to_dict()
     if train_data is not None:
         tj = Path(train_data) / "dataset.json" if Path(train_data).is_dir() else Path(train_data)
         means = CategoryMeans.fit(load_omni3d(tj))

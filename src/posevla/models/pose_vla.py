@@ -66,6 +66,7 @@ class PoseVLAPolicyModel(nn.Module):
         pose_tokens: list[str] | None = None,
         *,
         dtype: torch.dtype | None = torch.float32,
+        bins: Any = None,
     ) -> PoseVLAPolicyModel:
         """A policy from configs: the VLM via `PoseVLM.build` (scratch or a PaliGemma dir) + a fresh expert.
 
@@ -73,7 +74,7 @@ class PoseVLAPolicyModel(nn.Module):
         the whole model with ``.to(device, dtype)``.
         """
         check_expert_pairing(expert_cfg, vlm_cfg)
-        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype)
+        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype, bins=bins)
         return cls(vlm, GemmaActionExpert(expert_cfg, vlm_cfg.attn_implementation))
 
     @property

@@ -12,6 +12,10 @@ What this module adds to PaliGemma (and nothing else; the VLM itself is transfor
   The image features then go through the usual projector; transformers 5.x applies PaliGemma's scaling
   implicitly (token embeddings are multiplied by √hidden inside Gemma's embedding layer, image features are
   not), so nothing else is needed.
+* **Pose tags** (``cfg.pose_tags``, the ``tiny`` size only; not in the paper): the projected image features
+  get the embeddings of the ``<image{k}>``/``<loc>``/``<transZ>``/``<transXY>`` tokens that name each image
+  token's slot, place and seen surface (`posevla.models.pose_tags`), so a from-scratch model can learn to
+  read poses off its images on a CPU budget. They need the run's bins (``build(..., bins=...)``).
 * **Views**: ``pixel_values (B, V, 3, S, S)`` are encoded as B·V images; their features fill the
   ``<image>`` positions in order (sample 0 view 0 … view V−1, sample 1 …).
 * **Attention** (prefix-LM): PaliGemma builds it from ``token_type_ids`` (0 = prefix: bidirectional,
@@ -41,6 +45,7 @@ from torch import nn
 
 from posevla.errors import ConfigError, DataError
 from posevla.models.config import ARCH_FIELDS, PoseVLMConfig, config_from_hf, to_hf_config
+from posevla.models.pose_tags import PoseTokenTags, ordinal_token_codes
 from posevla.models.priors import PatchEmbedMlp
 from posevla.models.text import IGNORE_INDEX, PoseTextTokenizer
 
@@ -95,6 +100,9 @@ class PoseVLM(nn.Module):
             p = next(hf_model.parameters())
             self.depth_embed.to(device=p.device, dtype=p.dtype)
             self.ray_embed.to(device=p.device, dtype=p.dtype)
+        if cfg.pose_tags:
+            self.pose_tags = PoseTokenTags(cfg.text_hidden, cfg.patch_size, cfg.image_size)
+            self.pose_tags.to(device=next(hf_model.parameters()).device)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -105,6 +113,7 @@ class PoseVLM(nn.Module):
         pose_tokens: list[str] | None = None,
         *,
         dtype: torch.dtype | None = torch.float32,
+        bins: Any = None,
     ) -> PoseVLM:
         """Build from `cfg`: random init (``cfg.base == "scratch"``) or a local PaliGemma directory.
 
@@ -114,6 +123,7 @@ class PoseVLM(nn.Module):
             pose_tokens: token strings to add (``PoseCodec(bins).vocabulary()``); those already present keep
                 their ids. None adds nothing.
             dtype: parameter dtype when loading a directory (None = transformers' "auto").
+            bins: the run's `BinSpec` (needed by ``cfg.pose_tags``; see `set_pose_bins`).
         """
         from transformers import PaliGemmaForConditionalGeneration
 
@@ -157,7 +167,14 @@ class PoseVLM(nn.Module):
         model = cls(cfg, hf, tokenizer)
         if pose_tokens:
             model.extend_vocabulary(pose_tokens)
+        if bins is not None:
+            model.set_pose_bins(bins)
         return model
+
+    def set_pose_bins(self, bins: Any) -> None:
+        """Tell the pose tags (``cfg.pose_tags``) the run's bin layout (`posevla.tokens.BinSpec`); no-op without tags."""
+        if self.cfg.pose_tags:
+            self.pose_tags.set_bins(bins.n_loc, bins.edges("trans_xy"), bins.edges("trans_z"))
 
     @classmethod
     def from_hf_dir(
@@ -167,6 +184,7 @@ class PoseVLM(nn.Module):
         pose_tokens: list[str] | None = None,
         *,
         dtype: torch.dtype | None = torch.float32,
+        bins: Any = None,
     ) -> PoseVLM:
         """Load a ``paligemma-3b-pt-224``-format directory (config.json + safetensors + tokenizer files).
 
@@ -184,7 +202,7 @@ class PoseVLM(nn.Module):
             keep = {k: v for k, v in cfg.to_dict().items() if k not in ARCH_FIELDS}
         keep["base"] = str(directory)
         keep.setdefault("name", directory.name)
-        return cls.build(config_from_hf(hf_cfg, **keep), None, pose_tokens, dtype=dtype)
+        return cls.build(config_from_hf(hf_cfg, **keep), None, pose_tokens, dtype=dtype, bins=bins)
 
     @torch.no_grad()
     def extend_vocabulary(self, pose_tokens: list[str]) -> list[int]:
@@ -207,10 +225,23 @@ class PoseVLM(nn.Module):
         reused = [i for i in new_ids if i < n_rows]
         if reused:
             emb.weight[torch.as_tensor(reused, device=emb.weight.device)] = old_mean.to(emb.weight.dtype)
+        if self.cfg.pose_token_init == "ordinal" and self.cfg.is_scratch:
+            self._ordinal_init(emb.weight, set(new_ids), float(emb.weight[:first_new].float().norm(dim=1).mean()))
         self.hf.tie_weights()
         if self.hf.lm_head.weight.data_ptr() != emb.weight.data_ptr():
             raise ConfigError("the LM head is not tied to the input embeddings after the resize")
         return new_ids
+
+    def _ordinal_init(self, weight: torch.Tensor, new_ids: set[int], norm: float) -> None:
+        """Smooth codes (`ordinal_token_codes`) for the newly added rows of each value family."""
+        for fam, ids in enumerate(self._family_bins(weight.device)):
+            fresh = [i for i, t in enumerate(ids.tolist()) if t in new_ids]
+            if not fresh:
+                continue
+            circular = self._FAMILY_PREFIXES[fam] == "<rot"
+            codes = ordinal_token_codes(len(ids), weight.shape[1], norm, circular=circular, seed=fam)
+            sel = torch.as_tensor(fresh, dtype=torch.long)
+            weight[ids[sel]] = codes[sel].to(device=weight.device, dtype=weight.dtype)
 
     # -- sizes -------------------------------------------------------------------------------------
     @property
@@ -256,12 +287,24 @@ class PoseVLM(nn.Module):
         B, V, _, S, _ = pixel_values.shape
         vision = self.hf.model.vision_tower
         feats = vision(pixel_values=pixel_values.flatten(0, 1)).last_hidden_state  # (B·V, N, Dv)
+        keep = self._prior_keep(prior_mask, B, feats.device)  # (B, 2)
         if self.cfg.use_priors:
-            keep = self._prior_keep(prior_mask, B, feats.device)
             d = self._embed_prior(self.depth_embed, depth, keep[:, PRIOR_DEPTH], B, V, S)
             r = self._embed_prior(self.ray_embed, ray, keep[:, PRIOR_RAY], B, V, S)
             feats = feats + d.to(feats.dtype) + r.to(feats.dtype)
-        return self.hf.model.multi_modal_projector(feats)
+        out = self.hf.model.multi_modal_projector(feats)  # (B·V, N, D)
+        if self.cfg.pose_tags:
+            tags = self.pose_tags(
+                self.hf.get_input_embeddings().weight,
+                self._family_bins(out.device),
+                self._view_ids(V, out.device),
+                B * V,
+                ray.flatten(0, 1) if ray is not None and self.cfg.use_priors else None,
+                depth.flatten(0, 1) if depth is not None and self.cfg.use_priors else None,
+                keep.repeat_interleave(V, dim=0),  # (B·V, 2)
+            )
+            out = out + tags.to(out.dtype)
+        return out
 
     # -- language model ----------------------------------------------------------------------------
     def _lm(
@@ -504,6 +547,16 @@ class PoseVLM(nn.Module):
     generate_poses = generate  # docs/design.md name
 
     _FAMILY_PREFIXES = ("<loc", "<transXY", "<transZ", "<size", "<rot")
+
+    def _view_ids(self, num_views: int, device: torch.device) -> torch.Tensor:
+        """(V,) ids of the view delimiters ``<image0>`` … ``<image{V-1}>`` (cached)."""
+        key = (self.tokenizer.vocab_size, num_views)
+        cache = getattr(self, "_view_ids_cache", None)
+        if cache is None or cache[0] != key:
+            ids = [self.tokenizer.token_to_id(f"<image{k}>") for k in range(num_views)]
+            cache = (key, torch.tensor(ids, dtype=torch.long))
+            self._view_ids_cache = cache
+        return cache[1].to(device)
 
     def _token_groups(self, vocab_size: int, device: torch.device) -> torch.Tensor:
         """(V,) group id per token: one group per pose-token family, every other token its own group."""

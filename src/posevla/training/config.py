@@ -31,6 +31,9 @@ class TrainConfig:
     """Config name (informational once resolved)."""
     model: str = "tiny"
     """Named model size (`posevla.models.MODEL_CONFIGS`)."""
+    num_views: int | None = None
+    """Image slots per sample (None = the model size's, 3). The weights do not depend on it, so a checkpoint
+    trained with 1 slot initialises a 3-slot stage (the demo's stage 1 uses the head camera only)."""
     base: str = "scratch"
     """`scratch`, or a local directory with a paligemma-3b-pt-224-format checkpoint to start from."""
     init_checkpoint: str | None = None

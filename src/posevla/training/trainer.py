@@ -89,14 +89,22 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def build_model(cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = None):
-    """Model config, tokenizer (with pose tokens) and PoseVLM for `cfg`; same path for scratch and HF dirs."""
+def model_config(cfg: TrainConfig):
+    """The run's `PoseVLMConfig`: the named size with the run's `base` and `num_views`."""
     mcfg = get_model_config(cfg.model)
     if cfg.base != "scratch":
         mcfg = dataclasses.replace(mcfg, base=cfg.base)
+    if cfg.num_views is not None:
+        mcfg = dataclasses.replace(mcfg, num_views=cfg.num_views)
+    return mcfg
+
+
+def build_model(cfg: TrainConfig, bins: BinSpec, tokenizer_dir: Path | None = None):
+    """Model config, tokenizer (with pose tokens) and PoseVLM for `cfg`; same path for scratch and HF dirs."""
+    mcfg = model_config(cfg)
     codec = PoseCodec(bins)
     tokenizer = PoseTextTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
-    model = PoseVLM.build(mcfg, tokenizer, codec.vocabulary())
+    model = PoseVLM.build(mcfg, tokenizer, codec.vocabulary(), bins=bins)
     return mcfg, codec, model, model.tokenizer
 
 
@@ -107,13 +115,11 @@ def build_policy_model(
 
     The expert's chunk size is ``cfg.action.chunk_size``. Used by the trainer and by `posevla.serving.Policy`.
     """
-    mcfg = get_model_config(cfg.model)
-    if cfg.base != "scratch":
-        mcfg = dataclasses.replace(mcfg, base=cfg.base)
+    mcfg = model_config(cfg)
     codec = PoseCodec(bins)
     tokenizer = PoseTextTokenizer.load(tokenizer_dir) if tokenizer_dir is not None else None
     ecfg = get_expert_config(cfg.expert, chunk_size=cfg.action.chunk_size)
-    model = PoseVLAPolicyModel.build(mcfg, ecfg, tokenizer, codec.vocabulary())
+    model = PoseVLAPolicyModel.build(mcfg, ecfg, tokenizer, codec.vocabulary(), bins=bins)
     return mcfg, codec, model, model.vlm.tokenizer, ecfg
 
 
