@@ -36,13 +36,14 @@ class DemoConfig:
 
     Time budget of the default run on 2 CPU cores. The stage-1 part is from its last full measured run
     (README). The robot phases are extrapolated from quick runs: per-step and per-call times were
-    measured, then multiplied by the default counts. Measured end to end (fresh clone, 2 idle cores): generate 48 s,
-    demos 110 s, stage1 518 s, eval 32 s, stage2 101 s, posttrain 2 x 60 s, closed_loop 111 s; total 17.4 min.
+    measured, then multiplied by the default counts. Measured end to end (fresh clone, 2 idle cores): generate 40 s,
+    demos 113 s, stage1 453 s (2,400 one-view steps), eval 19 s, stage2 121 s, posttrain 2 x 75 s, closed_loop 148 s;
+    total 17.5 min.
 
     | phase                  | work at the defaults                                | estimate |
     |------------------------|-----------------------------------------------------|----------|
     | generate               | 1100 scenes, 2 workers                              | ~1.5 min |
-    | stage1                 | 1200 steps, batch 8 (~0.6 s/step)                   | ~12 min  |
+    | stage1                 | 2400 steps, batch 8, head view only (~0.19 s/step)  | ~8 min   |
     | eval (grounding)       | 100 held-out scenes                                 | ~1.5 min |
     | demos                  | 3 tasks x 10 expert episodes, 55-90 frames each, 3 cameras at 128 px, ~27 env steps/s | ~1.5 min |
     | stage2                 | 150 steps, batch 8 (as stage 1)                     | ~1.5 min |
