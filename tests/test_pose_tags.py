@@ -162,3 +162,12 @@ def test_ordinal_init_only_for_scratch_value_families(model, bins):
     assert spread < 1e-3  # the paper's mean init: every new row alike
     with pytest.raises(ConfigError, match="pose_token_init"):
         model.cfg.replace(pose_token_init="random")
+
+
+def test_tags_refuse_bins_that_do_not_match_the_vocabulary(bins):
+    """Bins with another <loc> count than the vocabulary's: a clear error, not misaligned tags."""
+    cfg = get_model_config("tiny", image_size=32, num_views=1, prompt_len=8)
+    m = PoseVLM.build(cfg, None, PoseCodec(bins).vocabulary(), bins=bins)
+    m.pose_tags.set_bins(bins.n_loc * 2, bins.edges("trans_xy"), bins.edges("trans_z"))
+    with pytest.raises(ConfigError, match="<loc> tokens in the vocabulary but n_loc"):
+        m.image_features(torch.zeros(1, 1, 3, 32, 32))

@@ -186,10 +186,9 @@ class GroundingPredictor:
         self.token_ids = self.tokenizer.pose_token_ids(self.codec.vocabulary() + [";"])
         self.sep_id = self.token_ids[";"]
         self.max_instances_per_view = max_instances_per_view
-        self.value_families = [
-            np.asarray([i for t, i in self.token_ids.items() if t.startswith(prefix)], np.int64)
-            for prefix in ("<transXY", "<transZ", "<size", "<rot")
-        ]
+        # the pose-value families (transXY, transZ, size, rot): every family of the model but <loc>
+        self.value_families = [ids.cpu().numpy() for ids in self.model._family_bins(torch.device("cpu"))[1:]]
+        self._scored_given_2d = set(np.concatenate(self.value_families).tolist()) | {self.sep_id}
 
     def grammar(self, category: str) -> PoseGrammar:
         return PoseGrammar(
@@ -229,8 +228,7 @@ class GroundingPredictor:
         for ex, res in zip(examples, results):
             views = self.codec.parse(self.tokenizer.decode(res.ids))
             if given_2d:  # score = confidence in the model's own choices (the 3D values), not the given tokens
-                values = set(np.concatenate(self.value_families).tolist()) | {self.sep_id}
-                kept = [(t, lp) for t, lp in zip(res.ids, res.logprobs) if t in values]
+                kept = [(t, lp) for t, lp in zip(res.ids, res.logprobs) if t in self._scored_given_2d]
                 scores = iter(_entry_scores([t for t, _ in kept], [lp for _, lp in kept], self.sep_id))
             else:
                 scores = iter(_entry_scores(res.ids, res.logprobs, self.sep_id))

@@ -131,15 +131,13 @@ class PoseTokenTags(nn.Module):
             d = depth[:, 0].float()  # (BV, S, S) metres
             valid = depth[:, 1] > 0
             d = torch.where(valid, d, torch.full_like(d, float("inf")))
-            d = d.reshape(num_images, G, P, G, P).permute(0, 1, 3, 2, 4).reshape(num_images, G * G, P * P)
-            z, arg = d.min(-1)  # (BV, N) nearest surface in each patch
+            z, arg = _patch_pixels(d[:, None], P)[:, 0].min(-1)  # (BV, N) nearest surface in each patch
             has = torch.isfinite(z) & (keep[:, 0:1] > 0)  # (BV, N)
             z = torch.where(has, z, torch.ones_like(z))
             zb = torch.searchsorted(self.z_edges[1:-1].contiguous(), z.contiguous(), right=True)
             tags = tags + self._rows(embed, z_ids[zb], 2) * has[..., None].to(embed.dtype)
             if ray is not None:
-                r = ray[:, :2].float().reshape(num_images, 2, G, P, G, P).permute(0, 1, 2, 4, 3, 5)
-                r = r.reshape(num_images, 2, G * G, P * P)
+                r = _patch_pixels(ray[:, :2].float(), P)  # (BV, 2, N, P²)
                 r = torch.gather(r, 3, arg[:, None, :, None].expand(-1, 2, -1, 1))[..., 0]  # (BV, 2, N)
                 xy = r * z[:, None]  # camera-frame x, y of the nearest surface point
                 has_xy = has & (keep[:, 1:2] > 0)
@@ -147,6 +145,14 @@ class PoseTokenTags(nn.Module):
                 m = has_xy[..., None].to(embed.dtype)
                 tags = tags + (self._rows(embed, xy_ids[xb[:, 0]], 3) + self._rows(embed, xy_ids[xb[:, 1]], 4)) * m
         return tags * math.sqrt(D)
+
+
+def _patch_pixels(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, S, S) → (B, C, N, p²): the pixels of each patch, patches in SigLIP's row-major order (as
+    `PatchEmbedMlp.patchify`, which flattens channels and pixels together)."""
+    B, C = x.shape[:2]
+    u = nn.functional.pixel_unshuffle(x, patch)  # (B, C·p², S/p, S/p), channel-major
+    return u.reshape(B, C, patch * patch, -1).transpose(2, 3)
 
 
 def ordinal_token_codes(n: int, dim: int, norm: float, *, circular: bool = False, seed: int = 0) -> torch.Tensor:
