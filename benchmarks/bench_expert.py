@@ -28,10 +28,10 @@ def _build(name: str):
     from posevla.models.pose_vla import PoseVLAPolicyModel
 
     if name == "parity":
-        vlm = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, use_priors=False)
+        vlm = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, use_priors=False, pose_tags=False)
         expert = get_expert_config("tiny", chunk_size=4, max_state_dim=8, max_action_dim=8)
     elif name == "tiny":
-        vlm, expert = get_model_config("tiny", use_priors=False), get_expert_config("tiny")
+        vlm, expert = get_model_config("tiny", use_priors=False, pose_tags=False), get_expert_config("tiny")
     else:
         raise SystemExit(f"unknown config {name!r}; valid: parity, tiny")
     torch.manual_seed(1)

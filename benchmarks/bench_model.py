@@ -1,6 +1,7 @@
 """Model speed on this machine, each figure next to a baseline measured in the same run.
 
   * training step (fwd + bwd + AdamW) of a model size: fp32 vs bf16 autocast (ratio)
+  * the cost of the pose tags (`PoseVLMConfig.pose_tags`): fp32 step with vs without them (ratio)
   * grammar-constrained greedy decoding: with the KV cache vs re-running the sequence (ratio)
 
 Usage: python benchmarks/bench_model.py [--model tiny] [--batch 16] [--answer 120] [--threads 2]
@@ -69,7 +70,7 @@ def main() -> None:
                        n_trans_xy=256, n_trans_z=256, n_size=256)
     codec = PoseCodec(bins)
     torch.manual_seed(0)
-    model = PoseVLM.build(cfg, None, codec.vocabulary())
+    model = PoseVLM.build(cfg, None, codec.vocabulary(), bins=bins)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model={args.model} params={n_params / 1e6:.2f}M batch={args.batch} answer={args.answer} "
           f"threads={args.threads} cpu_bf16={cpu_has_bf16()}")
@@ -77,20 +78,27 @@ def main() -> None:
     batch = fake_batch(model, cfg, args.batch, args.answer)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def step(bf16: bool):
+    def step(bf16: bool, m=model, o=opt):
         def run():
             ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
             with ctx:
-                loss = model.compute_loss(batch)["loss"]
-            opt.zero_grad()
+                loss = m.compute_loss(batch)["loss"]
+            o.zero_grad()
             loss.backward()
-            opt.step()
+            o.step()
         return run
 
     t32 = time_it(step(False), args.repeats)
     t16 = time_it(step(True), max(1, args.repeats // 2))
     print(f"train step fp32: {t32:.3f} s ({args.batch / t32:.1f} samples/s)")
     print(f"train step bf16 autocast: {t16:.3f} s  -> bf16/fp32 time ratio {t16 / t32:.2f}")
+    if cfg.pose_tags:
+        torch.manual_seed(0)
+        plain = PoseVLM.build(cfg.replace(pose_tags=False), None, codec.vocabulary(), bins=bins)
+        t_plain = time_it(step(False, plain, torch.optim.AdamW(plain.parameters(), lr=1e-4)), args.repeats)
+        t_tags = time_it(step(False), args.repeats)  # again, right after, so both see the same machine load
+        print(f"train step fp32 without pose tags: {t_plain:.3f} s, with: {t_tags:.3f} s "
+              f"-> tags/plain time ratio {t_tags / t_plain:.2f}")
 
     model.eval()
     prefix = fake_batch(model, cfg, args.batch, 0, with_answer=False)
