@@ -66,6 +66,8 @@ def test_quick_demo_end_to_end(quick_demo):
     summary = json.loads((out / "summary.json").read_text())
     for who in ("model", "model_given_2d", "baseline"):
         assert set(summary["grounding"][who]) >= {"ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm"}
+    verdict = summary["grounding"]["verdict"]
+    assert set(verdict) == {"beats_baseline_given_2d", "beats_baseline_detecting", "reads_images", "text"}
     # stage 1 used the head camera only; stage 2 (initialised from it) all three slots
     s1 = json.loads((out / "stage1" / "config.json").read_text())
     s2 = json.loads((out / "stage2" / "config.json").read_text())
@@ -101,7 +103,7 @@ def test_quick_demo_end_to_end(quick_demo):
     cards = {w: json.loads((out / "closed_loop" / w / "eval_card.json").read_text()) for w in ("pose_pretrained", "scratch")}
     assert cards["pose_pretrained"]["seeds"] == cards["scratch"]["seeds"] == {"reach-v3": [100000]}
     html = (out / "report.html").read_text()
-    assert "loss_curve.png" in html and "baseline" in html
+    assert "loss_curve.png" in html and "baseline" in html and verdict["text"] in html
     assert "pose_pretrained" in html and "scratch" in html and "Wilson" in html
     assert (out / "loss_curve.png").exists()
     assert list((out / "eval" / "overlays").glob("*.png"))
@@ -171,3 +173,4 @@ def test_demo_rejects_overlapping_eval_seeds(tmp_path, capsys):
         main(["demo", "--eval-seed", "3", "--out-dir", str(tmp_path / "d")])
     assert e.value.code == 1
     assert "--eval-seed" in capsys.readouterr().err
+

@@ -237,3 +237,30 @@ def test_loss_plot_writes_png(tmp_path):
     assert (tmp_path / "loss2.png").stat().st_size > 1000
     with pytest.raises(DataError):
         plot_loss_curve([{"step": 1}], tmp_path / "x.png")
+
+
+def _ev(model_ap3d, given_ap3d, gap, given_trans=5.0, model_trans=20.0):
+    def m(ap3d, trans):
+        return {"ap3d": ap3d, "ap25": ap3d / 2, "trans_err_cm": trans}
+
+    return {"model": m(model_ap3d, model_trans), "model_given_2d": m(given_ap3d, given_trans),
+            "baseline": m(8.0, 12.7), "image_reliance": {"gap": gap}}
+
+
+def test_grounding_verdict():
+    from posevla.eval.predict import READS_IMAGES_GAP, grounding_verdict
+
+    v = grounding_verdict(_ev(1.0, 27.9, 0.018))
+    assert v["beats_baseline_given_2d"] and not v["beats_baseline_detecting"] and v["reads_images"]
+    assert "27.9 vs 8.0" in v["text"] and "clearly beats" in v["text"] and "does not (AP3D 1.0)" in v["text"]
+    # a win by less than the margin, or with a larger translation error, is not a clear win
+    assert not grounding_verdict(_ev(1.0, 11.0, 0.018))["beats_baseline_given_2d"]
+    assert not grounding_verdict(_ev(1.0, 27.9, 0.018, given_trans=13.0))["beats_baseline_given_2d"]
+    assert grounding_verdict(_ev(20.0, 27.9, 0.018, model_trans=6.0))["beats_baseline_detecting"]
+    v = grounding_verdict(_ev(1.0, 27.9, READS_IMAGES_GAP / 4))
+    assert not v["reads_images"] and "do not depend on its images" in v["text"]
+    # metrics that could not be computed (no matched boxes) are never a win and read "n/a"
+    ev = _ev(1.0, 27.9, 0.018)
+    ev["model_given_2d"]["trans_err_cm"] = None
+    v = grounding_verdict(ev)
+    assert not v["beats_baseline_given_2d"] and "n/a vs 12.7 cm" in v["text"]

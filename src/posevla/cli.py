@@ -190,6 +190,8 @@ def _eval(argv: list[str]) -> None:
     print(markdown_table(rows))
     cats = [{"category": c, **d} for c, d in sorted(res["model"]["per_category"].items())]
     print(markdown_table(cats))
+    if "verdict" in res:
+        print(res["verdict"]["text"])
 
 
 @dataclasses.dataclass(frozen=True)

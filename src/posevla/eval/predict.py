@@ -345,6 +345,54 @@ def write_overlays(
     return paths
 
 
+#: "Clearly beats": at least this many times the baseline's AP3D and AP@0.25, and a smaller translation error.
+CLEAR_WIN = 1.5
+#: Image-reliance gap (nats per answer token) above which the answers depend on the pixels. Measured on the
+#: tiny model: runs whose answers ignore the images stay at 0.000-0.003; runs that read depth off the images
+#: reach 0.015-0.06 (docs/design.md).
+READS_IMAGES_GAP = 0.01
+
+
+def grounding_verdict(ev: dict[str, Any]) -> dict[str, Any]:
+    """Claims about a grounding checkpoint, from an `evaluate_checkpoint` result with the baseline: does the
+    model clearly beat the category-mean baseline when it is given the baseline's information (the true 2D
+    boxes), does it when it detects on its own, and do its answers depend on its images? With the numbers
+    behind each, in words (``text``). A metric that could not be computed (None / NaN) never counts as a win.
+    """
+
+    def num(x: Any) -> float:
+        return float("nan") if x is None else float(x)
+
+    def beats(name: str) -> bool:
+        m, b = ev[name], ev["baseline"]
+        return bool(
+            num(m["ap3d"]) >= CLEAR_WIN * num(b["ap3d"])
+            and num(m["ap25"]) >= CLEAR_WIN * num(b["ap25"])
+            and num(m["trans_err_cm"]) < num(b["trans_err_cm"])
+        )
+
+    gap = num(ev["image_reliance"]["gap"])
+    v: dict[str, Any] = {
+        "beats_baseline_given_2d": beats("model_given_2d"),
+        "beats_baseline_detecting": beats("model"),
+        "reads_images": bool(gap >= READS_IMAGES_GAP),
+    }
+    b, g, m = ev["baseline"], ev["model_given_2d"], ev["model"]
+
+    def f(x: Any) -> str:
+        return "n/a" if x is None or not np.isfinite(x) else f"{x:.1f}"
+
+    v["text"] = (
+        f"given the true 2D boxes, the model {'clearly beats' if v['beats_baseline_given_2d'] else 'does not clearly beat'} "
+        f"the category-mean baseline (AP3D {f(g['ap3d'])} vs {f(b['ap3d'])}, AP@0.25 {f(g['ap25'])} vs {f(b['ap25'])}, "
+        f"translation error {f(g['trans_err_cm'])} vs {f(b['trans_err_cm'])} cm); detecting on its own it "
+        f"{'clearly beats it too' if v['beats_baseline_detecting'] else 'does not'} (AP3D {f(m['ap3d'])}); its answers "
+        f"{'depend on its images' if v['reads_images'] else 'do not depend on its images'} "
+        f"(image-reliance gap {gap:.3f} nats per answer token, threshold {READS_IMAGES_GAP})."
+    )
+    return v
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str | Path,
@@ -380,6 +428,8 @@ def evaluate_checkpoint(
         means = CategoryMeans.fit(load_omni3d(tj))
         result["baseline"] = evaluate_grounding(baseline_predictions(scenes, means, nv), gt).to_dict()
     result["image_reliance"] = image_reliance(predictor, scenes)
+    if "baseline" in result and "model_given_2d" in result:
+        result["verdict"] = grounding_verdict(result)
     result["n_scenes"] = len(scenes)
     result["seconds"] = round(time.time() - t0, 2)
     if out_dir is not None:
