@@ -40,14 +40,14 @@ class DemoConfig:
 
     Time budget of the default run on 2 CPU cores. The stage-1 part is from its last full measured run
     (README). The robot phases are extrapolated from quick runs: per-step and per-call times were
-    measured, then multiplied by the default counts. Measured end to end (fresh clone, 2 idle cores): generate 40 s,
-    demos 113 s, stage1 453 s (2,400 one-view steps), eval 19 s, stage2 121 s, posttrain 2 x 75 s, closed_loop 148 s;
-    total 17.5 min.
+    measured, then multiplied by the default counts. Measured end to end (fresh clone, 2 cores) with 2,400 stage-1
+    steps: generate 45 s, demos 132 s, stage1 568 s, eval 34 s, stage2 133 s, posttrain 2 x 89 s, closed_loop
+    181 s; total 21.3 min (the same run on an earlier, faster day of this machine: 17.5 min). 3,000 steps add ~2.5 min.
 
     | phase                  | work at the defaults                                | estimate |
     |------------------------|-----------------------------------------------------|----------|
     | generate               | 1100 scenes, 2 workers                              | ~1.5 min |
-    | stage1                 | 2400 steps, batch 8, head view only (~0.19 s/step)  | ~8 min   |
+    | stage1                 | 3000 steps, batch 8, head view only (~0.19-0.24 s/step) | ~10-12 min |
     | eval (grounding)       | 100 held-out scenes                                 | ~1.5 min |
     | demos                  | 3 tasks x 10 expert episodes, 55-90 frames each, 3 cameras at 128 px, ~27 env steps/s | ~1.5 min |
     | stage2                 | 150 steps, batch 8 (as stage 1)                     | ~1.5 min |
@@ -70,7 +70,9 @@ class DemoConfig:
     stage 1 did not start reading its images within 2,400 steps in three runs (docs/design.md)."""
     seed: int = 0
     workers: int = 2
-    steps: int = 2400
+    steps: int = 3000
+    """Stage-1 steps. The head-view model starts reading its images after 1,100-2,000 steps (the step varies from
+    run to run, even between runs of one seed: float rounding differs); 3,000 leaves it time to use them."""
     stage1_views: int = 1
     """Camera slots per stage-1 sample: the head view only by default. On the CPU budget a three-view tiny
     model does not start reading its images within 1,200 steps (the answer has to find its image tokens
