@@ -40,14 +40,14 @@ class DemoConfig:
 
     Time budget of the default run on 2 CPU cores. The stage-1 part is from its last full measured run
     (README). The robot phases are extrapolated from quick runs: per-step and per-call times were
-    measured, then multiplied by the default counts. Measured end to end (fresh clone, 2 cores) with 2,400 stage-1
-    steps: generate 45 s, demos 132 s, stage1 568 s, eval 34 s, stage2 133 s, posttrain 2 x 89 s, closed_loop
-    181 s; total 21.3 min (the same run on an earlier, faster day of this machine: 17.5 min). 3,000 steps add ~2.5 min.
+    measured, then multiplied by the default counts. Measured end to end at the defaults (fresh clone, 2 cores):
+    generate 43 s, demos 129 s, stage1 669 s (3,000 steps), eval 28 s, stage2 126 s, posttrain 94 s + 89 s,
+    closed_loop 165 s; total 22.5 min (24.6 min with creating the venv).
 
     | phase                  | work at the defaults                                | estimate |
     |------------------------|-----------------------------------------------------|----------|
     | generate               | 1100 scenes, 2 workers                              | ~1.5 min |
-    | stage1                 | 3000 steps, batch 8, head view only (~0.19-0.24 s/step) | ~10-12 min |
+    | stage1                 | 3000 steps, batch 8, head view only (~0.19-0.23 s/step) | ~10-12 min |
     | eval (grounding)       | 100 held-out scenes                                 | ~1.5 min |
     | demos                  | 3 tasks x 10 expert episodes, 55-90 frames each, 3 cameras at 128 px, ~27 env steps/s | ~1.5 min |
     | stage2                 | 150 steps, batch 8 (as stage 1)                     | ~1.5 min |
