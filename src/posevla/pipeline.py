@@ -76,9 +76,8 @@ class DemoConfig:
     stage1_views: int = 1
     """Camera slots per stage-1 sample: the head view only by default. On the CPU budget a three-view tiny
     model does not start reading its images within 1,200 steps (the answer has to find its image tokens
-    among 3× as many); one view does after ~1,500 steps on the demo's scenes (three runs) and costs ~2.5× less
-    per step. Stage 2 and post-training
-    use all three cameras (the weights do not depend on the slot count)."""
+    among 3× as many); one view does after 1,100-2,000 steps on the demo's scenes and costs ~2.5× less per
+    step. Stage 2 and post-training use all three cameras (the weights do not depend on the slot count)."""
     batch_size: int = 8
     lr: float = 2e-3
     eval_scenes: int = 100

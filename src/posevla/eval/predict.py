@@ -349,7 +349,7 @@ def write_overlays(
 CLEAR_WIN = 1.5
 #: Image-reliance gap (nats per answer token) above which the answers depend on the pixels. Measured on the
 #: tiny model: runs whose answers ignore the images stay at 0.000-0.003; runs that read depth off the images
-#: reach 0.015-0.06 (docs/design.md).
+#: reach 0.013-0.06 (docs/design.md).
 READS_IMAGES_GAP = 0.01
 
 

@@ -188,7 +188,8 @@ MODEL_CONFIGS: dict[str, PoseVLMConfig] = {
         prompt_len=40,  # the longest MetaWorld instruction is 39 tokens with <bos> and "\n" (test_metaworld)
         max_position_embeddings=2048,
         # Without these two the scratch model's answers do not depend on its images within a CPU budget
-        # (image-reliance gap ≈ 0 after 2,400 steps); with them it reads depth off the image within ~600.
+        # (image-reliance gap ≈ 0 after 2,400 steps); with them a one-view model starts reading depth off the
+        # image after 600-2,000 steps, depending on the scenes and the run (docs/design.md).
         pose_tags=True,
         pose_token_init="ordinal",
     ),
