@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from posevla.training.throughput import main  # noqa: E402
+from posevla.bench.data import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""Time posevla.data.scenes.generate_dataset with 1 and 2 workers.
+"""Time posevla.sim.tabletop.generate_dataset with 1 and 2 workers.
 
 Usage: python benchmarks/bench_generate.py [N] [--width 256 --height 192 --workers 1 2]
 
@@ -25,8 +25,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from posevla.data.objects import load_catalogue
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.objects import load_catalogue
+    from posevla.sim.tabletop import generate_dataset
 
     load_catalogue()  # warm the mesh cache so it is not timed
     print(f"generate_dataset: {args.n} scenes x 3 views at {args.width}x{args.height}, cpus={os.cpu_count()}")

@@ -62,7 +62,7 @@ def main() -> None:
 
     from posevla.models import PoseVLM, get_model_config
     from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
-    from posevla.training.runtime import cpu_has_bf16
+    from posevla.runtime import cpu_has_bf16
 
     cfg = get_model_config(args.model)
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """Six generated scenes (3 views each) at 128×96, written once per test session."""
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.tabletop import generate_dataset
 
     root = tmp_path_factory.mktemp("scenes")
     generate_dataset(root, 6, seed=7, width=128, height=96, workers=1, progress=False)

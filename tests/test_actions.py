@@ -10,20 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from posevla.data.actions import (
-    ActionConfig,
-    ActionDataset,
-    NormStats,
-    collate_actions,
-    ee_vector,
-    ee_vector_to_pose,
-    load_norm_stats,
-    observation_inputs,
-    save_norm_stats,
-)
-from posevla.data.lerobot import load_lerobot_v3
-from posevla.data.loader import ExampleSpec
-from posevla.data.sample import prepare_view
+from posevla.data.action_space import ActionConfig, ee_vector, ee_vector_to_pose
+from posevla.data.actions import ActionDataset, collate_actions, observation_inputs
+from posevla.data.normalize import NormStats, load_norm_stats, save_norm_stats
+from posevla.data.formats.lerobot import load_lerobot_v3
+from posevla.data.collate import ExampleSpec
+from posevla.data.grounding import prepare_view
 from posevla.errors import CheckpointError, ConfigError, DataError
 from posevla.geometry import quat_wxyz_to_matrix
 from posevla.models.text import PoseTextTokenizer

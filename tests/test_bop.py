@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posevla.data.bop import YCBV_NAMES, load_bop, load_category_names, write_bop
-from posevla.data.omni3d import load_depth, load_omni3d, load_rgb
+from posevla.data.formats.bop import YCBV_NAMES, load_bop, load_category_names, write_bop
+from posevla.data.formats.omni3d import load_depth, load_omni3d, load_rgb
 from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners
 
@@ -111,7 +111,7 @@ def test_category_names_sources(bop):
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.tabletop import generate_dataset
 
     root = tmp_path_factory.mktemp("gen")
     generate_dataset(root, 2, seed=11, width=96, height=64, progress=False)

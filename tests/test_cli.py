@@ -90,7 +90,7 @@ def test_quick_demo_end_to_end(quick_demo):
         assert post["pose_pretrained"][k] == post["scratch"][k]
     assert "stage1" in json.loads((out / "stage2" / "config.json").read_text())["train"]["init_checkpoint"]
     # the token bins stage 1 trained with cover the demos' waypoints (stage 2 reuses them)
-    from posevla.data.lerobot import load_lerobot_v3
+    from posevla.data.formats.lerobot import load_lerobot_v3
     from posevla.data.trajectory import collect_waypoint_translations
     from posevla.tokens import BinSpec
 

@@ -19,7 +19,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "bop_tiny"
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.tabletop import generate_dataset
 
     root = tmp_path_factory.mktemp("doc")
     generate_dataset(root, 2, seed=5, width=96, height=64, progress=False)

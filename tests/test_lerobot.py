@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import posevla.data.lerobot as lr
-from posevla.data.lerobot import CameraConfig, Episode, LeRobotV3Dataset, load_lerobot_v3, write_lerobot_v3
+import posevla.data.formats.lerobot.write as lr_write
+import posevla.data.formats.lerobot.schema as lr
+from posevla.data.formats.lerobot import CameraConfig, Episode, LeRobotV3Dataset, load_lerobot_v3, write_lerobot_v3
 from posevla.errors import DataError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3_tiny"
@@ -242,7 +243,7 @@ def test_write_is_atomic_and_refuses_to_clobber(tmp_path, episodes, monkeypatch)
         write_lerobot_v3(root, episodes, fps=5, robot_type="r", camera_config=CONFIG)
 
     calls = {"n": 0}
-    real = lr._encode_png
+    real = lr_write._encode_png
 
     def crash(img):
         calls["n"] += 1
@@ -250,7 +251,7 @@ def test_write_is_atomic_and_refuses_to_clobber(tmp_path, episodes, monkeypatch)
             raise OSError("disk full")
         return real(img)
 
-    monkeypatch.setattr(lr, "_encode_png", crash)
+    monkeypatch.setattr(lr_write, "_encode_png", crash)
     with pytest.raises(OSError, match="disk full"):
         write_lerobot_v3(root, episodes, fps=5, robot_type="r", camera_config=CONFIG, overwrite=True)
     with pytest.raises(OSError, match="disk full"):
@@ -258,7 +259,7 @@ def test_write_is_atomic_and_refuses_to_clobber(tmp_path, episodes, monkeypatch)
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no partial folders left behind
     assert load_lerobot_v3(root).num_episodes == 1  # the old dataset is intact
-    monkeypatch.setattr(lr, "_encode_png", real)
+    monkeypatch.setattr(lr_write, "_encode_png", real)
     write_lerobot_v3(root, episodes, fps=5, robot_type="r", camera_config=CONFIG, overwrite=True)
     assert load_lerobot_v3(root).num_episodes == 3
 

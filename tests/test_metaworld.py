@@ -7,17 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from posevla.envs import ClosedLoopEnv
-from posevla.envs.metaworld import (
-    DEFAULT_CAMERAS,
-    JOINT_NAMES,
-    TASKS,
-    TCP_OFFSET,
-    MetaWorldEnv,
-    depth_buffer_to_metres,
-    instruction_for,
-    make,
-)
+from posevla.sim import ClosedLoopEnv
+from posevla.sim.metaworld import DEFAULT_CAMERAS, JOINT_NAMES, TASKS, TCP_OFFSET, MetaWorldEnv, instruction_for, make
+from posevla.sim.render import depth_buffer_to_metres
 from posevla.errors import ConfigError, DataError
 from posevla.geometry import (
     K_from_fovy,
@@ -177,12 +169,12 @@ def test_depth_buffer_conversion():
 def test_demo_generation_writes_lerobot_v3(tmp_path):
     import json
 
-    from posevla.data.lerobot import load_lerobot_v3
-    from posevla.data.metaworld_demos import REPORT_FILE, DemoConfig, generate_episodes, write_metaworld_demos
+    from posevla.data.formats.lerobot import load_lerobot_v3
+    from posevla.sim.demos import REPORT_FILE, ExpertDemoConfig, generate_episodes, write_expert_demos
 
-    cfg = DemoConfig(tasks=("reach",), episodes_per_task=2, seed=11, image_size=(48, 64),
+    cfg = ExpertDemoConfig(tasks=("reach",), episodes_per_task=2, seed=11, image_size=(48, 64),
                      cameras={"head": "corner", "wrist": "gripperPOV"}, frames_after_success=3)
-    report = write_metaworld_demos(tmp_path / "demos", cfg)
+    report = write_expert_demos(tmp_path / "demos", cfg)
     assert report.successes == 2 and report.failures == 0 and report.demos_per_min > 0
     assert [(e["task"], e["seed"]) for e in report.episodes] == [("reach-v3", 11), ("reach-v3", 12)]
     ds = load_lerobot_v3(tmp_path / "demos")
@@ -212,22 +204,22 @@ def test_demo_generation_writes_lerobot_v3(tmp_path):
     assert meta["config"]["tasks"] == ["reach-v3"] and meta["successes"] == 2
 
     # an expert that cannot finish in 10 steps: every attempt fails and is counted, nothing is written
-    bad = DemoConfig(tasks=("pick-place-v3",), episodes_per_task=1, max_steps=10, max_attempts=2,
+    bad = ExpertDemoConfig(tasks=("pick-place-v3",), episodes_per_task=1, max_steps=10, max_attempts=2,
                      image_size=16, cameras=("corner",), depth=False)
     episodes, rep = generate_episodes(bad)
     assert episodes == [] and rep.per_task["pick-place-v3"]["failed_seeds"] == [0, 1] and rep.failures == 2
     with pytest.raises(ConfigError, match="none of 2 attempts"):
-        write_metaworld_demos(tmp_path / "none", bad)
+        write_expert_demos(tmp_path / "none", bad)
     assert not (tmp_path / "none").exists()
     with pytest.raises(ConfigError, match="unknown MetaWorld task"):
-        DemoConfig(tasks=("fly-v3",))
+        ExpertDemoConfig(tasks=("fly-v3",))
     with pytest.raises(ConfigError, match="episodes_per_task"):
-        DemoConfig(episodes_per_task=0)
+        ExpertDemoConfig(episodes_per_task=0)
 
 
 def test_every_instruction_fits_the_tiny_prompt():
     """Stage 2 / post-training prompt with these instructions: all must fit the tiny model's prompt slot."""
-    from posevla.envs.metaworld import TASKS, instruction_for
+    from posevla.sim.metaworld import TASKS, instruction_for
     from posevla.models import PoseTextTokenizer, get_model_config
 
     tok = PoseTextTokenizer.build_scratch()

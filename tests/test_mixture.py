@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from posevla.data.loader import ExampleSpec, GroundingDataset, TrajectoryDataset, batch_indices, iterate_batches
-from posevla.data.mixture import (
-    Mixture,
-    SourceSpec,
-    bins_coverage,
-    build_mixture,
-    check_sources,
-    detect_source_kind,
-    fit_source_bins,
-    load_source,
-    per_source_metrics,
-)
+from posevla.data.collate import ExampleSpec, batch_indices
+from posevla.data.datasets import GroundingDataset, TrajectoryDataset, iterate_batches
+from posevla.data.mixture import Mixture, build_mixture, per_source_metrics
+from posevla.data.sources import SourceSpec, bins_coverage, check_sources, detect_source_kind, fit_source_bins, load_source
 from posevla.errors import ConfigError, DataError, TrainingError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from posevla.data.omni3d import Object3D, Scene, View, load_depth, load_omni3d, load_rgb
-from posevla.data.scenes import generate_dataset
+from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth, load_omni3d, load_rgb
+from posevla.sim.tabletop import generate_dataset
 from posevla.errors import DataError
 
 

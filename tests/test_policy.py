@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from posevla.data.actions import ActionConfig, ActionDataset, load_norm_stats
-from posevla.data.lerobot import load_lerobot_v3
+from posevla.data.action_space import ActionConfig
+from posevla.data.actions import ActionDataset
+from posevla.data.normalize import load_norm_stats
+from posevla.data.formats.lerobot import load_lerobot_v3
 from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError
-from posevla.serving import ActionChunker, Policy
+from posevla.policy import ActionChunker, Policy
 from posevla.training.checkpoint import read_checkpoint_meta, resolve_checkpoint, save_checkpoint
 from posevla.training.config import get_config
 from posevla.training.trainer import build_model, train, uniform_bins
@@ -172,7 +174,7 @@ def test_infer_with_plan_and_rollout_interface(policy, data):
             assert e["translation"].shape == (3,) and e["euler_xyz"].shape == (3,)
     head = plan[0]["entries"]
     assert all("position_world" in e for e in head)  # T_world_cam comes from the camera config
-    from posevla.envs import PolicyOutput
+    from posevla.sim import PolicyOutput
 
     po = policy(data.observation(1, 0))
     assert isinstance(po, PolicyOutput) and po.actions.shape == (16, 10)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from posevla.envs import PolicyOutput
-from posevla.envs.metaworld import expert_chunk_policy, make
+from posevla.sim import PolicyOutput
+from posevla.sim.metaworld import expert_chunk_policy, make
 from posevla.errors import ConfigError, DataError
 from posevla.eval.rollout import (
     VIDEO_FORMAT,

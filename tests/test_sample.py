@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from posevla.data.sample import LabelFilter, box2d_to_model, prepare_view
+from posevla.data.grounding import LabelFilter, box2d_to_model, prepare_view
 from posevla.errors import DataError
 from posevla.geometry import K_from_fovy, project_points
 
@@ -62,8 +62,8 @@ def test_prepare_view_rejects_bad_images(rgb, depth, match):
 
 
 def test_grounding_example_from_generated_scene(tiny_dataset):
-    from posevla.data.omni3d import load_omni3d
-    from posevla.data.sample import build_grounding_example, scene_categories
+    from posevla.data.formats.omni3d import load_omni3d
+    from posevla.data.grounding import build_grounding_example, scene_categories
     from posevla.tokens import BinSpec, PoseCodec
 
     scenes = load_omni3d(tiny_dataset / "dataset.json")
@@ -89,8 +89,9 @@ def test_grounding_example_from_generated_scene(tiny_dataset):
 def test_cached_views_and_prefetch_give_identical_batches(tiny_dataset):
     """The view cache and the prefetch thread change speed only: batches are bit-identical."""
     from posevla.data.fitting import fit_bins
-    from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
-    from posevla.data.omni3d import load_omni3d
+    from posevla.data.collate import ExampleSpec
+    from posevla.data.datasets import GroundingDataset, iterate_batches
+    from posevla.data.formats.omni3d import load_omni3d
     from posevla.models import PoseTextTokenizer
     from posevla.tokens import PoseCodec
 
@@ -112,8 +113,9 @@ def test_cached_views_and_prefetch_give_identical_batches(tiny_dataset):
 
 
 def test_prefetch_thread_reraises_data_errors(tiny_dataset):
-    from posevla.data.loader import ExampleSpec, GroundingDataset, iterate_batches
-    from posevla.data.omni3d import load_omni3d
+    from posevla.data.collate import ExampleSpec
+    from posevla.data.datasets import GroundingDataset, iterate_batches
+    from posevla.data.formats.omni3d import load_omni3d
 
     scenes = load_omni3d(tiny_dataset / "dataset.json")
     spec = ExampleSpec(image_size=64, num_views=3, n_image_tokens=16, prompt_len=16)

@@ -9,18 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posevla.data import objects
-from posevla.data.omni3d import load_depth, load_omni3d, load_rgb
-from posevla.data.scenes import (
-    CAMERAS,
-    DEPTH_SCALE,
-    WORKSPACE_HALF,
-    CameraPose,
-    SceneRenderer,
-    _look_at,
-    generate_dataset,
-    sample_scene,
-)
+from posevla.sim import objects
+from posevla.data.formats.omni3d import load_depth, load_omni3d, load_rgb
+from posevla.sim.tabletop import CAMERAS, DEPTH_SCALE, WORKSPACE_HALF, CameraPose, SceneRenderer, look_at, generate_dataset, sample_scene
 from posevla.geometry.boxes import box_corners
 
 
@@ -188,14 +179,14 @@ def test_image_orientation_and_empty_depth(ds, tmp_path):
         sc = sample_scene(0, 0)
         r.set_scene(sc)
         # looking straight up from above the table: nothing is hit -> depth 0 everywhere, black sky
-        up = CameraPose("up", _look_at(np.array([0, 0, 1.0]), np.array([0.001, 0, 2.0]), 0.0), 60.0)
+        up = CameraPose("up", look_at(np.array([0, 0, 1.0]), np.array([0.001, 0, 2.0]), 0.0), 60.0)
         rgb, depth, _ = r.render(up)
         assert np.all(depth == 0) and rgb.max() == 0
         # a camera above a known object: put it at the top of the image and check it lands there
         obj = sc.objects[0]
         target = obj.center_world
         pos = target + np.array([0.0, -0.25, 0.45])
-        T = _look_at(pos, target, 0.0)
+        T = look_at(pos, target, 0.0)
         # tilt the camera down by 12 degrees so the object moves towards the image top
         c, s = math.cos(math.radians(-12)), math.sin(math.radians(-12))
         T[:3, :3] = T[:3, :3] @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])

@@ -81,7 +81,7 @@ def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, cap
     2 steps + resume (batches built in a worker process, doctor skipped) == 4 straight in-process steps."""
     from pathlib import Path
 
-    from posevla.data.mixture import SourceSpec
+    from posevla.data.sources import SourceSpec
 
     fixtures = Path(__file__).parent / "fixtures"
     stage1 = train(_cfg(tiny_dataset, tmp_path / "s1", steps=1, save_every=1))
@@ -122,7 +122,7 @@ def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, cap
 def test_trainer_refuses_sources_the_doctor_rejects(tiny_dataset, tmp_path):
     import shutil
 
-    from posevla.data.mixture import SourceSpec
+    from posevla.data.sources import SourceSpec
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_dataset, bad)
@@ -139,8 +139,8 @@ def test_trainer_refuses_sources_the_doctor_rejects(tiny_dataset, tmp_path):
 def test_image_reliance_measures_dependence_on_the_pixels(tiny_dataset, tmp_path):
     """The shuffled-images gap is exactly 0 when every sample shows the same scene, and non-zero for a
     model (even an untrained one) that sees different scenes."""
-    from posevla.data.omni3d import load_omni3d
-    from posevla.data.sample import LabelFilter, scene_categories
+    from posevla.data.formats.omni3d import load_omni3d
+    from posevla.data.grounding import LabelFilter, scene_categories
     from posevla.eval.predict import GroundingPredictor, image_reliance
 
     res = train(_cfg(tiny_dataset, tmp_path / "run", steps=1, save_every=1))
@@ -161,8 +161,8 @@ def test_given_2d_forces_the_true_objects_and_anchors(tiny_dataset, tmp_path):
     model's own (one of its family), and the answer parses into one box per true object."""
     import numpy as np
 
-    from posevla.data.omni3d import load_omni3d
-    from posevla.data.sample import LabelFilter, build_grounding_example, scene_categories
+    from posevla.data.formats.omni3d import load_omni3d
+    from posevla.data.grounding import LabelFilter, build_grounding_example, scene_categories
     from posevla.eval.predict import GivenAnchorGrammar, GroundingPredictor
 
     res = train(_cfg(tiny_dataset, tmp_path / "run", steps=1, save_every=1))
@@ -177,7 +177,7 @@ def test_given_2d_forces_the_true_objects_and_anchors(tiny_dataset, tmp_path):
     truth = [va.entries for va in ex.views]
     assert [len(b) for b in boxes] == [len(t) for t in truth]
     # replay the decoding: forced tokens equal the truth, free tokens stay in the truth's family
-    from posevla.data.loader import collate
+    from posevla.data.collate import collate
 
     batch = collate([ex], p.codec, p.tokenizer, p.spec, with_answer=False)
     (out,) = p.model.generate(batch, [g], g.max_length())

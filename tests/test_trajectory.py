@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posevla.data.lerobot import CameraConfig, Episode, load_lerobot_v3, write_lerobot_v3
+from posevla.data.formats.lerobot import CameraConfig, Episode, load_lerobot_v3, write_lerobot_v3
 from posevla.data.trajectory import (
     TrajectoryConfig,
     build_trajectory_example,

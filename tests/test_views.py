@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posevla.data.bop import load_bop
-from posevla.data.omni3d import DEPTH_SCALES, load_depth, load_omni3d, load_rgb, source_depth_scale
-from posevla.data.sample import LabelFilter, build_grounding_example, scene_categories
+from posevla.data.formats.bop import load_bop
+from posevla.data.formats.omni3d import DEPTH_SCALES, load_depth, load_omni3d, load_rgb, source_depth_scale
+from posevla.data.grounding import LabelFilter, build_grounding_example, scene_categories
 from posevla.data.views import BOP_CROPS, DEFAULT_CROPS, PseudoViewConfig, crop_view, pseudo_multiview_scenes, pseudo_views
 from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners, project_points

@@ -48,7 +48,7 @@ class GenerateArgs:
 
 
 def _generate(argv: list[str]) -> None:
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.tabletop import generate_dataset
 
     a = tyro.cli(GenerateArgs, args=argv, prog="posevla generate")
     stats = generate_dataset(a.out, a.num_scenes, seed=a.seed, width=a.width, height=a.height, workers=a.workers)
@@ -77,13 +77,13 @@ class MetaWorldDemosArgs:
 
 
 def _metaworld_demos(argv: list[str]) -> None:
-    from posevla.data.metaworld_demos import DemoConfig, write_metaworld_demos
+    from posevla.sim.demos import ExpertDemoConfig, write_expert_demos
 
     a = tyro.cli(MetaWorldDemosArgs, args=argv, prog="posevla metaworld-demos")
-    cfg = DemoConfig(tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed, image_size=a.image_size,
+    cfg = ExpertDemoConfig(tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed, image_size=a.image_size,
                      depth=a.depth, max_steps=a.max_steps, frames_after_success=a.frames_after_success,
                      max_attempts=a.max_attempts)
-    rep = write_metaworld_demos(a.out, cfg, overwrite=a.overwrite, progress=a.progress)
+    rep = write_expert_demos(a.out, cfg, overwrite=a.overwrite, progress=a.progress)
     rows = [{"task": t, **{k: v[k] for k in ("successes", "attempts", "failures", "frames")}}
             for t, v in rep.per_task.items()]
     from posevla.eval.report import markdown_table
@@ -204,7 +204,7 @@ class TokensReportArgs:
 
 def _tokens(argv: list[str]) -> None:
     from posevla.data.fitting import collect_labels
-    from posevla.data.omni3d import load_omni3d
+    from posevla.data.formats.omni3d import load_omni3d
     from posevla.tokens import BinSpec
     from posevla.tokens.report import format_report, quantization_report
 
@@ -235,7 +235,7 @@ class FitBinsArgs:
 
 
 def _fit_bins(argv: list[str]) -> None:
-    from posevla.data.mixture import SourceSpec, detect_source_kind, fit_source_bins, load_source
+    from posevla.data.sources import SourceSpec, detect_source_kind, fit_source_bins, load_source
     from posevla.errors import ConfigError
     from posevla.training.config import get_config
 
@@ -278,7 +278,7 @@ def _bench(argv: list[str]) -> None:
     if not argv or argv[0] != "data":
         print("usage: posevla bench data [--num-scenes N] [--workers 1 2] [--json]")
         raise SystemExit(2)
-    from posevla.training.throughput import main as bench_data
+    from posevla.bench.data import main as bench_data
 
     bench_data(argv[1:])
 

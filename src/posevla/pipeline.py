@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posevla.data.objects import category_names
+from posevla.sim.objects import category_names
 from posevla.errors import ConfigError
 from posevla.training.checkpoint import package_versions
 
@@ -118,7 +118,7 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
 
 
 def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
-    from posevla.data.scenes import GENERATOR_VERSION, generate_dataset
+    from posevla.sim.tabletop import GENERATOR_VERSION, generate_dataset
 
     marker = root / "generation.json"
     want = {
@@ -156,10 +156,9 @@ def _demo_seed_ranges_overlap(cfg: DemoConfig) -> None:
 
 def _write_demos(root: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Scripted-expert demos at `root` (LeRobot v3); reused when a previous run wrote the same ones."""
-    from posevla.data.metaworld_demos import REPORT_FILE, write_metaworld_demos
-    from posevla.data.metaworld_demos import DemoConfig as MetaWorldDemoConfig
+    from posevla.sim.demos import REPORT_FILE, ExpertDemoConfig, write_expert_demos
 
-    mw = MetaWorldDemoConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task, seed=cfg.seed,
+    mw = ExpertDemoConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task, seed=cfg.seed,
                              image_size=cfg.demo_image_size)
     want = {"tasks": list(mw.tasks), "episodes_per_task": mw.episodes_per_task, "seed": mw.seed,
             "image_size": mw.image_size, "depth": mw.depth, "max_steps": mw.max_steps,
@@ -170,7 +169,7 @@ def _write_demos(root: Path, cfg: DemoConfig) -> dict[str, Any]:
         if {k: have.get("config", {}).get(k) for k in want} == want:
             print(f"[demo] reusing {root} ({have['successes']} MetaWorld demos)")
             return have | {"reused": True}
-    rep = write_metaworld_demos(root, mw, overwrite=True, progress=cfg.progress)
+    rep = write_expert_demos(root, mw, overwrite=True, progress=cfg.progress)
     return rep.to_dict()
 
 
@@ -183,8 +182,8 @@ def constant_action_dims(root: str | Path, action_cfg: Any) -> tuple[str, ...]:
     """
     import numpy as np
 
-    from posevla.data.actions import action_names, action_vectors, state_names, state_vectors
-    from posevla.data.lerobot import load_lerobot_v3
+    from posevla.data.action_space import action_names, action_vectors, state_names, state_vectors
+    from posevla.data.formats.lerobot import load_lerobot_v3
 
     ds = load_lerobot_v3(root)
     episodes = [ds.episode(e, images=False).features for e in range(ds.num_episodes)]
@@ -199,7 +198,7 @@ def constant_action_dims(root: str | Path, action_cfg: Any) -> tuple[str, ...]:
 
 def _check_eval_seeds(train_data: str | Path, tasks: tuple[str, ...], seed: int, episodes: int) -> None:
     """Refuse evaluation seeds that were training demos of the same task (when the demos say so)."""
-    from posevla.data.metaworld_demos import REPORT_FILE
+    from posevla.sim.demos import REPORT_FILE
 
     report = Path(train_data) / REPORT_FILE
     if not report.is_file():
@@ -230,7 +229,7 @@ def evaluate_policy_checkpoint(
 ) -> dict[str, Any]:
     """Closed-loop MetaWorld evaluation of a post-trained checkpoint (`posevla eval sim`, the demo).
 
-    Loads :class:`posevla.serving.Policy` from `checkpoint`, builds each task's environment with the
+    Loads :class:`posevla.policy.Policy` from `checkpoint`, builds each task's environment with the
     training data's image size (or `image_size`) and runs :func:`posevla.eval.rollout.evaluate`; seeds are
     ``seed, seed + 1, ...`` for every task. Returns the eval card (written to `out_dir` when given).
 
@@ -238,13 +237,13 @@ def evaluate_policy_checkpoint(
         ConfigError: unknown task, or evaluation seeds that were demos the checkpoint was trained on.
         CheckpointError: a missing checkpoint, or one without an action expert.
     """
-    from posevla.envs.metaworld import _resolve_task, make
+    from posevla.sim.metaworld import make, resolve_task
     from posevla.eval.rollout import evaluate
-    from posevla.serving.policy import Policy
+    from posevla.policy import Policy
 
     if isinstance(tasks, str) or not tasks:
         raise ConfigError(f"name at least one MetaWorld task, got {tasks!r}")
-    tasks = tuple(_resolve_task(t) for t in tasks)  # unknown names fail before the model loads
+    tasks = tuple(resolve_task(t) for t in tasks)  # unknown names fail before the model loads
     policy = Policy.from_checkpoint(checkpoint, device=device, seed=0)
     _check_eval_seeds(policy.train_config.train_data, tasks, seed, episodes_per_task)
     if image_size is not None:
@@ -267,7 +266,7 @@ def evaluate_policy_checkpoint(
 
 def _fit_demo_bins(out: Path, train_dir: Path, lerobot_dir: Path) -> Path:
     """Token bins fitted over the stage-1 scenes and the stage-2 demo waypoints, saved as `out/bins.json`."""
-    from posevla.data.mixture import SourceSpec, fit_source_bins, load_source
+    from posevla.data.sources import SourceSpec, fit_source_bins, load_source
     from posevla.training.config import get_config
 
     s1, s2 = get_config("stage1-tiny"), get_config("stage2-tiny")
@@ -393,7 +392,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     if cfg.quick:
         cfg = quick_config(cfg)
     from posevla.data.fitting import collect_labels
-    from posevla.data.omni3d import load_omni3d
+    from posevla.data.formats.omni3d import load_omni3d
     from posevla.eval.predict import evaluate_checkpoint
     from posevla.eval.report import markdown_table, plot_loss_curve, write_html_report
     from posevla.tokens import BinSpec
@@ -405,9 +404,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         _demo_seed_ranges_overlap(cfg)
         if not cfg.tasks:
             raise ConfigError("--tasks is empty: name at least one MetaWorld task (or pass --no-robot)")
-        from posevla.envs.metaworld import _resolve_task
+        from posevla.sim.metaworld import resolve_task
 
-        cfg = dataclasses.replace(cfg, tasks=tuple(_resolve_task(t) for t in cfg.tasks))
+        cfg = dataclasses.replace(cfg, tasks=tuple(resolve_task(t) for t in cfg.tasks))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}

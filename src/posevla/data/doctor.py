@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from posevla.data.omni3d import Object3D, Scene, View, load_depth, load_omni3d, load_rgb
-from posevla.data.sample import LabelFilter
+from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth, load_omni3d, load_rgb
+from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners, check_K, check_rotation_matrix, quat_wxyz_to_matrix
 
@@ -169,7 +169,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
             return "omni3d", p / "dataset.json"
         if (p / "meta" / "info.json").is_file():
             return "lerobot", p
-        from posevla.data.bop import bop_splits
+        from posevla.data.formats.bop import bop_splits
 
         if bop_splits(p):
             return "bop", p
@@ -549,7 +549,7 @@ def _doctor_omni3d(col: _Collector, json_path: Path, kw: dict, stats: dict) -> N
 
 
 def _doctor_bop(col: _Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
-    from posevla.data.bop import bop_splits, load_bop
+    from posevla.data.formats.bop import bop_splits, load_bop
 
     splits = bop_splits(root)
     stats["splits"] = ",".join(splits)
@@ -581,10 +581,10 @@ def _doctor_bop(col: _Collector, root: Path, kw: dict, stats: dict, category_nam
 
 def _doctor_lerobot(col: _Collector, root: Path, stats: dict) -> None:
     try:
-        mod = importlib.import_module("posevla.data.lerobot")
+        mod = importlib.import_module("posevla.data.formats.lerobot")
         loader = mod.load_lerobot_v3
     except (ImportError, AttributeError):
-        col.add("error", "read", "this installation has no LeRobot v3 reader (posevla.data.lerobot.load_lerobot_v3)",
+        col.add("error", "read", "this installation has no LeRobot v3 reader (posevla.data.formats.lerobot.load_lerobot_v3)",
                 "install a posevla version with LeRobot support", file=root / "meta" / "info.json")
         return
     try:
@@ -612,7 +612,7 @@ def run_doctor(
     Args:
         path: an Omni3D json or folder with ``dataset.json``, a BOP root, or a LeRobot v3 folder.
         bins: optional ``bins.json`` whose coverage of the labels is checked.
-        category_names: BOP obj_id -> name map (see :func:`posevla.data.bop.load_category_names`).
+        category_names: BOP obj_id -> name map (see :func:`posevla.data.formats.bop.load_category_names`).
         label_filter: the filter whose survivors are counted (default :class:`LabelFilter`).
         max_views: views sampled for the 2D-box agreement checks.
         max_depth_images: views whose RGB and depth are read for the pixel checks.

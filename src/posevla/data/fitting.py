@@ -3,7 +3,7 @@
 Stage-1 sources give box translations, sizes and rotations (:func:`collect_labels`); stage-2 sources
 give waypoint translations (:func:`posevla.data.trajectory.collect_waypoint_translations`). The bins
 are quantiles of all of them pooled (:func:`merge_labels`, :func:`fit_bins_on_labels`), so one bin spec
-serves both pre-training stages; :func:`posevla.data.mixture.fit_source_bins` does this for the
+serves both pre-training stages; :func:`posevla.data.sources.fit_source_bins` does this for the
 sources of a training config.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from posevla.data.omni3d import Scene
-from posevla.data.sample import LabelFilter
+from posevla.data.formats.omni3d import Scene
+from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 from posevla.geometry import matrix_to_euler_xyz
 from posevla.tokens import BinSpec

@@ -1,310 +1,34 @@
-"""Training data sources and their weighted, deterministic mixture (spec §2.1 sampling, §2.2, open question 4).
-
-A training config names its data as :class:`SourceSpec` s. Each is loaded into an example dataset:
-
-=============  ====================================  ==========================================================
-kind           path                                  examples
-=============  ====================================  ==========================================================
-``generated``  folder with ``dataset.json``          grounding (:class:`~posevla.data.loader.GroundingDataset`);
-               (``posevla generate``)                the three rendered cameras are used as they are
-``omni3d``     Omni3D json, or its folder            grounding with the spec's Omni3D label filter; single-view
-                                                     scenes get 3 pseudo views (crops re-drawn every epoch)
-``bop``        BOP dataset root (+ ``split``)        grounding; every image gets 3 pseudo views (BOP crops)
-``lerobot``    LeRobot v3 folder                     stage-2 trajectories
-                                                     (:class:`~posevla.data.loader.TrajectoryDataset`): camera-
-                                                     frame TCP waypoints, prompt = the episode's instruction
-=============  ====================================  ==========================================================
+"""The weighted, deterministic mixture of a run's data sources (spec §2.1 sampling, §2.2, open question 4).
 
 **Sampling.** Source ``s`` of size ``n_s`` (entries: (scene, category) pairs or frames) gets the weight
 ``n_s ** 0.43`` unless the spec gives one (explicit weights are on the same scale), and the share
 ``p_s = w_s / Σ w``. A batch of ``B`` holds ``q_s = floor(B · p_s)`` items of each source, taken in order
-from the source's own per-epoch permutation (exactly :func:`posevla.data.loader.batch_indices` with batch
+from the source's own per-epoch permutation (exactly :func:`posevla.data.collate.batch_indices` with batch
 ``q_s``), and the ``B − Σ q_s`` remaining slots pick a source with probability ``∝ B · p_s − q_s`` and an
 item uniformly. Every source thus gets ``B · p_s`` items per step in expectation, and the batch of step
 ``k`` is a pure function of ``(seed, k)``: a resumed run sees the batches of a straight run, and worker
 processes build the same batches as the training process. With one source the order is the one of
-:func:`~posevla.data.loader.iterate_batches`.
+:func:`~posevla.data.datasets.iterate_batches`.
 
 Every batch carries ``source`` (B,) int64, the index of each row's source, from which the trainer
 reports per-source loss and token accuracy (:func:`per_source_metrics`) without a second forward pass.
-
-Before training, :func:`check_sources` runs the data doctor on every source and refuses to start on
-errors; :func:`fit_source_bins` fits the pose-token bins on the labels of all sources (stage-1 boxes and
-stage-2 waypoint translations, open question 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from posevla.data.bop import load_bop
-from posevla.data.doctor import DoctorReport, detect_format, run_doctor
-from posevla.data.fitting import collect_labels, fit_bins_on_labels, merge_labels, waypoint_labels
-from posevla.data.lerobot import LeRobotV3Dataset, load_lerobot_v3
-from posevla.data.loader import (
-    ExampleSource,
-    ExampleSpec,
-    GroundingDataset,
-    TrajectoryDataset,
-    batch_indices,
-    collate,
-    stream_batches,
-)
-from posevla.data.omni3d import Scene, load_omni3d
-from posevla.data.sample import LabelFilter, stable_seed
-from posevla.data.trajectory import TrajectoryConfig, collect_waypoint_translations
-from posevla.data.views import BOP_CROPS, DEFAULT_CROPS, PseudoViewConfig
-from posevla.errors import ConfigError, DataError, TrainingError
-from posevla.tokens import BinSpec
-
-__all__ = [
-    "SOURCE_KINDS",
-    "WEIGHT_EXPONENT",
-    "SourceSpec",
-    "LoadedSource",
-    "Mixture",
-    "detect_source_kind",
-    "load_source",
-    "check_sources",
-    "build_mixture",
-    "fit_source_bins",
-    "bins_coverage",
-    "per_source_metrics",
-]
-
-SourceKind = Literal["generated", "omni3d", "bop", "lerobot"]
-SOURCE_KINDS: tuple[str, ...] = ("generated", "omni3d", "bop", "lerobot")
-GROUNDING_KINDS: tuple[str, ...] = ("generated", "omni3d", "bop")
-#: Default per-source weight n ** WEIGHT_EXPONENT (spec §2.1, `weighted_sample=True`).
-WEIGHT_EXPONENT = 0.43
-_GENERATED_NAME = "posevla-tabletop"  # info.name of `posevla generate` datasets
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    """One training data source.
-
-    Args:
-        kind: ``generated`` | ``omni3d`` | ``bop`` (stage-1 grounding) or ``lerobot`` (stage-2 trajectories).
-        path: dataset folder (``omni3d`` also takes the json itself).
-        weight: sampling weight; ``None`` = ``n ** 0.43`` of the source's size n (same scale).
-        pseudo_views: show each stored image as 3 cropped virtual cameras; ``None`` = automatic (BOP, and
-            Omni3D whose scenes are all single-view).
-        split: BOP split folder (``test``, ``train_pbr``, ...); one source per split.
-        name: label in logs and metrics (default ``<kind>:<folder name>``).
-        category_names: BOP obj_id -> name JSON (default: ``<root>/category_names.json`` or built-in).
-        horizon: ``lerobot``: waypoints per arm (spec: 5).
-        stride: ``lerobot``: frames between waypoints.
-        frame_step: ``lerobot``: use every ``frame_step``-th frame as an example.
-    """
-
-    kind: SourceKind
-    path: str
-    weight: float | None = None
-    pseudo_views: bool | None = None
-    split: str = "test"
-    name: str | None = None
-    category_names: str | None = None
-    horizon: int = 5
-    stride: int = 10
-    frame_step: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            raise ConfigError(f"unknown data source kind {self.kind!r}; valid: {', '.join(SOURCE_KINDS)}")
-        if self.weight is not None and not (math.isfinite(self.weight) and self.weight > 0):
-            raise ConfigError(f"source {self.label}: weight must be a positive number or None, got {self.weight!r}")
-        for f in ("horizon", "stride", "frame_step"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"source {self.label}: {f} must be a positive integer, got {v!r}")
-        if self.kind == "lerobot" and self.pseudo_views:
-            raise ConfigError(f"source {self.label}: pseudo views apply to grounding sources, not to 'lerobot'")
-
-    @property
-    def label(self) -> str:
-        """The source's name in logs and metrics."""
-        if self.name:
-            return self.name
-        p = Path(self.path)
-        folder = p.parent.name if p.suffix == ".json" else p.name
-        return f"{self.kind}:{folder}" + (f"/{self.split}" if self.kind == "bop" else "")
-
-    @property
-    def grounding(self) -> bool:
-        """True for stage-1 (3D grounding) sources, False for stage-2 trajectories."""
-        return self.kind in GROUNDING_KINDS
-
-    def label_filter(self) -> LabelFilter:
-        """The spec's object filter for real Omni3D images; the default filter elsewhere."""
-        return LabelFilter.omni3d() if self.kind == "omni3d" else LabelFilter()
-
-    def trajectory_config(self) -> TrajectoryConfig:
-        return TrajectoryConfig(horizon=self.horizon, stride=self.stride)
-
-    def crops(self, scenes: Sequence[Scene]) -> PseudoViewConfig | None:
-        """The pseudo-view crop ranges this source uses on `scenes`, or None for the stored views."""
-        use = self.pseudo_views
-        if use is None:
-            use = self.kind == "bop" or (self.kind == "omni3d" and all(len(s.views) == 1 for s in scenes))
-        if not use:
-            return None
-        return BOP_CROPS if self.kind == "bop" else DEFAULT_CROPS
-
-
-def detect_source_kind(path: str | Path) -> SourceKind:
-    """The kind of the dataset at `path` (``generated`` = an Omni3D json written by ``posevla generate``)."""
-    fmt, p = detect_format(path)
-    if fmt != "omni3d":
-        return fmt  # type: ignore[return-value]
-    import json
-
-    try:
-        info = json.loads(p.read_text(encoding="utf-8")).get("info") or {}
-    except (OSError, ValueError, AttributeError):
-        info = {}
-    return "generated" if isinstance(info, dict) and info.get("name") == _GENERATED_NAME else "omni3d"
-
-
-def _omni3d_json(path: str | Path) -> Path:
-    p = Path(path)
-    return p / "dataset.json" if p.is_dir() else p
-
-
-@dataclasses.dataclass
-class LoadedSource:
-    """A source read from disk: grounding scenes (pixels stay on disk) or a LeRobot dataset."""
-
-    spec: SourceSpec
-    scenes: list[Scene] | None = None
-    robot: LeRobotV3Dataset | None = None
-
-
-def _require_exists(spec: SourceSpec) -> None:
-    if not Path(spec.path).exists():
-        raise DataError(
-            f"data source {spec.label!r} ({spec.kind}) not found",
-            file=str(spec.path),
-            fix="fix the path (e.g. --train-data DIR, or --sources.N.path DIR), or create the dataset "
-            "(`posevla generate` for generated scenes)",
-        )
-
-
-def load_source(spec: SourceSpec) -> LoadedSource:
-    """Read one source with the project's strict readers (DataError names file, record and field)."""
-    _require_exists(spec)
-    if spec.kind in ("generated", "omni3d"):
-        return LoadedSource(spec, scenes=load_omni3d(_omni3d_json(spec.path)))
-    if spec.kind == "bop":
-        return LoadedSource(spec, scenes=load_bop(spec.path, spec.split, category_names=spec.category_names))
-    return LoadedSource(spec, robot=load_lerobot_v3(spec.path))
-
-
-def check_sources(specs: Sequence[SourceSpec], *, log: Callable[[str], None] = print) -> list[DoctorReport]:
-    """Run the data doctor on every source; print warnings, raise TrainingError on errors.
-
-    Raises:
-        DataError: a source's path does not exist.
-        TrainingError: naming the first source with errors, with the doctor's table.
-    """
-    reports = []
-    seen: dict[tuple[str, str | None, str], DoctorReport] = {}  # BOP splits of one root share a report
-    for spec in specs:
-        _require_exists(spec)
-        key = (str(Path(spec.path).resolve()), spec.category_names, spec.kind)
-        if key not in seen:
-            seen[key] = run_doctor(spec.path, category_names=spec.category_names, label_filter=spec.label_filter())
-        rep = seen[key]
-        if rep.errors:
-            raise TrainingError(
-                f"data source {spec.label!r} ({spec.kind}, {spec.path}) failed the data doctor with "
-                f"{len(rep.errors)} error(s); training would learn wrong labels.\n{rep.table()}\n"
-                "  fix: correct the data as the table says (re-run `posevla doctor PATH` to check), drop the "
-                "source from the config, or pass --no-doctor to train anyway (not recommended)"
-            )
-        if rep.warnings:
-            log(f"[posevla] data doctor: {len(rep.warnings)} warning(s) for source {spec.label!r}:\n{rep.table()}")
-        else:
-            log(f"[posevla] data doctor: source {spec.label!r} ok ({rep.format})")
-        reports.append(rep)
-    return reports
-
-
-def source_labels(src: LoadedSource) -> dict[str, np.ndarray]:
-    """The values a source contributes to the token bins: its kept boxes (grounding sources, their own
-    label filter, full views) or the camera-frame translations of its listed waypoints (``lerobot``)."""
-    if src.scenes is not None:
-        return collect_labels(src.scenes, src.spec.label_filter())
-    return waypoint_labels(
-        collect_waypoint_translations(src.robot, config=src.spec.trajectory_config(), frame_step=src.spec.frame_step)
-    )
-
-
-def fit_source_bins(
-    loaded: Sequence[LoadedSource],
-    *,
-    n_trans_xy: int = 2048,
-    n_trans_z: int = 2048,
-    n_size: int = 2048,
-    n_rot: int = 360,
-    n_loc: int = 1024,
-    description: str = "",
-) -> BinSpec:
-    """Quantile bins fitted on every source's labels (open question 1).
-
-    Grounding sources give box translations, sizes and rotations (their own label filter, full views);
-    ``lerobot`` sources give the camera-frame translations of the listed waypoints (x, y pooled into
-    ``trans_xy``, z into ``trans_z``). Size bins need at least one grounding source.
-    """
-    parts, counts = [], []
-    for src in loaded:
-        lab = source_labels(src)
-        what = "objects" if src.scenes is not None else "waypoints"
-        counts.append(f"{len(lab['trans_z'])} {what} from {src.spec.label}")
-        parts.append(lab)
-    return fit_bins_on_labels(
-        merge_labels(parts),
-        n_trans_xy=n_trans_xy,
-        n_trans_z=n_trans_z,
-        n_size=n_size,
-        n_rot=n_rot,
-        n_loc=n_loc,
-        description=description or "fitted on " + ", ".join(counts),
-    )
-
-
-def bins_coverage(loaded: Sequence[LoadedSource], bins: BinSpec) -> list[str]:
-    """Warnings for sources whose translations fall outside given bins (e.g. stage-1 bins used in stage 2).
-
-    Values outside a family's edges are clipped to its end bins when tokenised, so such labels are wrong;
-    the warning names the source, the share of values outside and the fix.
-    """
-    out = []
-    for src in loaded:
-        try:
-            lab = source_labels(src)
-        except DataError as e:
-            out.append(f"source {src.spec.label!r}: {e}")
-            continue
-        for fam in ("trans_xy", "trans_z", "size"):
-            if fam not in lab or not len(lab[fam]):
-                continue
-            e = bins.edges(fam)
-            share = float(np.mean((lab[fam] < e[0]) | (lab[fam] > e[-1])))
-            if share > 0:
-                out.append(
-                    f"source {src.spec.label!r}: {100 * share:.1f}% of its {fam} labels lie outside the bins "
-                    f"[{e[0]:.3f}, {e[-1]:.3f}] m and are clipped to the end bins; fit the bins on all stages' data "
-                    "(`posevla fit-bins --data STAGE1 STAGE2`, then --bins for stage 1)"
-                )
-    return out
+from posevla.data.collate import ExampleSpec, batch_indices, collate
+from posevla.data.datasets import ExampleSource, GroundingDataset, TrajectoryDataset
+from posevla.data.grounding import stable_seed
+from posevla.data.sources import WEIGHT_EXPONENT, LoadedSource
+from posevla.data.streaming import stream_batches
+from posevla.errors import ConfigError
 
 
 def _stream(n: int, q: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,10 +8,10 @@ For frame ``t`` of an episode of length ``T`` and a view of camera ``c``:
 * ``T_cam_tcp(k) = inv(T_world_cam(t)) · T_world_ee(f_k) · T_ee_tcp`` -- all waypoints are expressed in
   the camera frame of the *current* frame ``t`` (what the image shows), ``T_world_ee`` comes from the
   observed ``observation.ee_pose`` (xyz + quaternion wxyz), ``T_ee_tcp`` from the dataset's
-  :class:`~posevla.data.lerobot.CameraConfig`;
+  :class:`~posevla.data.formats.lerobot.CameraConfig`;
 * each waypoint becomes a :class:`~posevla.tokens.PoseEntry` named ``"arm k"`` (``"left arm k"`` /
   ``"right arm k"`` for bimanual data): the anchor is the projected TCP position in the *model input*
-  (the view after :func:`posevla.data.sample.prepare_view`'s resize-pad), normalised to [0, 1] exactly
+  (the view after :func:`posevla.data.grounding.prepare_view`'s resize-pad), normalised to [0, 1] exactly
   like stage-1 boxes; translation in metres; rotation as Euler ``"xyz"``; no size tokens;
 * an arm is listed in a view only if its first waypoint is in front of the camera (``z ≥ min_depth``)
   and projects inside the image; later waypoints may leave it (anchors clipped to [0, 1]; a waypoint
@@ -29,17 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from posevla.data.lerobot import (
-    DEPTH_PREFIX,
-    EE_POSE_KEY,
-    IMAGE_PREFIX,
-    CameraConfig,
-    Episode,
-    LeRobotV3Dataset,
-    camera_K_key,
-    camera_T_key,
-)
-from posevla.data.sample import PreparedView, empty_view, prepare_view
+from posevla.data.formats.lerobot import DEPTH_PREFIX, EE_POSE_KEY, IMAGE_PREFIX, CameraConfig, Episode, LeRobotV3Dataset, camera_K_key, camera_T_key
+from posevla.data.grounding import PreparedView, empty_view, prepare_view
 from posevla.errors import DataError
 from posevla.geometry import (
     compose_T,

@@ -3,8 +3,8 @@
 One stored image gives three virtual cameras: a *head* view whose crop covers an area fraction
 U(0.90, 1.0) of the image and two *wrist* views with U(0.25, 0.55) (BOP: U(0.15, 0.65)), all with
 aspect ratio (width / height) 1.33 at a random position. Each view is a canonical
-:class:`~posevla.data.omni3d.View` with ``crop`` set, so :func:`load_rgb` / :func:`load_depth` and
-:func:`posevla.data.sample.build_grounding_example` work on it unchanged:
+:class:`~posevla.data.formats.omni3d.View` with ``crop`` set, so :func:`load_rgb` / :func:`load_depth` and
+:func:`posevla.data.grounding.build_grounding_example` work on it unchanged:
 
 * ``K`` is updated exactly with :func:`posevla.geometry.K_crop` (``cx' = cx - x0``);
 * per object, the 2D box and truncation are recomputed from the projected 3D box against the crop
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posevla.data.omni3d import Crop, Object3D, Scene, View
-from posevla.data.sample import LabelFilter, stable_seed
+from posevla.data.formats.omni3d import Crop, Object3D, Scene, View
+from posevla.data.grounding import LabelFilter, stable_seed
 from posevla.errors import DataError
 from posevla.geometry import K_crop, box2d_from_box3d, box_corners
 

@@ -24,15 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from posevla.data.loader import ExampleSpec, collate
-from posevla.data.omni3d import Scene, load_omni3d, load_rgb
-from posevla.data.sample import (
-    CompactView,
-    LabelFilter,
-    build_grounding_example,
-    load_compact_view,
-    scene_categories,
-)
+from posevla.data.collate import ExampleSpec, collate
+from posevla.data.formats.omni3d import Scene, load_omni3d, load_rgb
+from posevla.data.grounding import CompactView, LabelFilter, build_grounding_example, load_compact_view, scene_categories
 from posevla.eval.grounding import Box3D, evaluate_grounding
 from posevla.geometry import euler_xyz_to_matrix, unproject_points
 from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
@@ -166,7 +160,7 @@ class GroundingPredictor:
     ) -> None:
         from posevla.training.checkpoint import load_model_weights, read_checkpoint_meta
         from posevla.training.config import TrainConfig
-        from posevla.training.runtime import pick_device_and_precision
+        from posevla.runtime import pick_device_and_precision
         from posevla.training.trainer import build_model
 
         meta = read_checkpoint_meta(checkpoint)
@@ -213,7 +207,7 @@ class GroundingPredictor:
         With `given_2d`, the ground-truth objects and their 2D boxes are given and the model predicts only
         their 3D poses (`GivenAnchorGrammar`).
         """
-        from posevla.training.runtime import autocast_context
+        from posevla.runtime import autocast_context
 
         batch = collate(examples, self.codec, self.tokenizer, self.spec, with_answer=False)
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -298,7 +292,7 @@ def image_reliance(predictor: GroundingPredictor, scenes: Sequence[Scene], *, n_
     A model that grounds has a clearly positive ``gap``; a gap ≈ 0 means the answers are the same
     whatever the pixels (it predicts category/view marginals only), whatever its AP says.
     """
-    from posevla.training.runtime import autocast_context
+    from posevla.runtime import autocast_context
 
     lf = LabelFilter()
     jobs = [(s, c) for s in scenes for c in scene_categories(s, lf)][:n_examples]

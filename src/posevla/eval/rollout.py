@@ -1,7 +1,7 @@
-"""Closed-loop evaluation of chunked policies in any :class:`posevla.envs.ClosedLoopEnv`.
+"""Closed-loop evaluation of chunked policies in any :class:`posevla.sim.ClosedLoopEnv`.
 
 * :func:`rollout` runs one environment for a list of seeds. The policy is called with the current
-  observation and returns an action chunk ``(H, A)`` (or a :class:`posevla.envs.PolicyOutput`); the
+  observation and returns an action chunk ``(H, A)`` (or a :class:`posevla.sim.PolicyOutput`); the
   first ``min(replan_every, H)`` actions are executed open-loop, then the policy is queried again. An
   episode ends at the first success (``stop_on_success``), when the environment truncates, or after
   ``max_steps``. Policy latency is measured per call.
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from posevla.envs import ClosedLoopEnv, Observation, PolicyOutput, check_int
+from posevla.sim import ClosedLoopEnv, Observation, PolicyOutput, check_int
 from posevla.errors import ConfigError, DataError
 
 __all__ = [
@@ -384,7 +384,7 @@ def rollout(
     """Run ``policy_fn`` closed-loop in ``env`` for every seed.
 
     Args:
-        env: the environment (e.g. :func:`posevla.envs.metaworld.make`).
+        env: the environment (e.g. :func:`posevla.sim.metaworld.make`).
         policy_fn: ``obs -> (H, A) | (A,) | PolicyOutput``; ``policy_fn.reset()`` is called before each
             episode when it exists.
         episodes: number of episodes; with an int ``seeds`` the seeds are ``seeds, seeds + 1, ...``.

@@ -8,7 +8,7 @@ Layout of `<out_dir>/checkpoints/step_000500/`:
   config.json            the fully resolved TrainConfig + model config
   bins.json              the pose-token bin spec the model was trained with
   norm_stats.json        state / action normalisation statistics (post-training checkpoints only;
-                         `posevla.data.actions.load_norm_stats` reads and validates it)
+                         `posevla.data.normalize.load_norm_stats` reads and validates it)
   tokenizer/             the text tokenizer (pose tokens included)
   versions.json          package versions
 
@@ -87,7 +87,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` atomically and point `latest` at it; prune old ones beyond `keep`.
 
-    `norm_stats` is the ``norm_stats.json`` document (`posevla.data.actions.norm_stats_json`) of a model
+    `norm_stats` is the ``norm_stats.json`` document (`posevla.data.normalize.norm_stats_json`) of a model
     that reads a state / predicts actions; None for VLM-only stages.
     """
     root = Path(out_dir) / "checkpoints"

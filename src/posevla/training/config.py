@@ -9,7 +9,7 @@ as JSON in every checkpoint.
 Post-training (spec §2.3) is the objective ``actions``: the VLM (from ``init_checkpoint``, a stage-1/2
 checkpoint, or from scratch with ``--init-checkpoint None``) plus a flow-matching action expert
 (``expert``), all parameters trained with the action loss only, on a LeRobot v3 dataset (``train_data``)
-cut into chunks as ``action`` says (`posevla.data.actions.ActionConfig`, e.g. ``--action.space joints``).
+cut into chunks as ``action`` says (`posevla.data.action_space.ActionConfig`, e.g. ``--action.space joints``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import dataclasses
 import difflib
 from typing import Literal
 
-from posevla.data.actions import ActionConfig
-from posevla.data.mixture import SourceSpec
+from posevla.data.action_space import ActionConfig
+from posevla.data.sources import SourceSpec
 from posevla.errors import ConfigError
 
 

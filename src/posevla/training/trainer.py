@@ -16,7 +16,7 @@ Stages differ only by their TrainConfig (data, initial weights, bins); there is 
 Post-training (objective ``actions``, spec §2.3) swaps in a LeRobot v3 dataset cut into action chunks
 (`posevla.data.actions`), a `PoseVLAPolicyModel` (VLM initialised from ``init_checkpoint`` or from scratch,
 fresh action expert) and its flow-matching loss; its checkpoints also hold the expert config, the action
-config and ``norm_stats.json``, everything `posevla.serving.Policy` needs.
+config and ``norm_stats.json``, everything `posevla.policy.Policy` needs.
 """
 
 from __future__ import annotations
@@ -33,17 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from posevla.data.actions import ActionDataset, NormStats, iterate_action_batches, load_norm_stats, norm_stats_json
-from posevla.data.lerobot import load_lerobot_v3
-from posevla.data.loader import ExampleSpec
-from posevla.data.mixture import (
-    bins_coverage,
-    build_mixture,
-    check_sources,
-    fit_source_bins,
-    load_source,
-    per_source_metrics,
-)
+from posevla.data.actions import ActionDataset, iterate_action_batches
+from posevla.data.normalize import NormStats, load_norm_stats, norm_stats_json
+from posevla.data.formats.lerobot import load_lerobot_v3
+from posevla.data.collate import ExampleSpec
+from posevla.data.sources import bins_coverage, check_sources, fit_source_bins, load_source
+from posevla.data.mixture import build_mixture, per_source_metrics
 from posevla.errors import CheckpointError, TrainingError
 from posevla.models import PoseTextTokenizer, PoseVLM, get_model_config
 from posevla.models.action_expert import ActionExpertConfig, get_expert_config
@@ -57,7 +52,7 @@ from posevla.training.checkpoint import (
     save_checkpoint,
 )
 from posevla.training.config import TrainConfig
-from posevla.training.runtime import autocast_context, pick_device_and_precision
+from posevla.runtime import autocast_context, pick_device_and_precision
 
 
 def dataset_json(path: str | Path) -> Path:
@@ -113,7 +108,7 @@ def build_policy_model(
 ) -> tuple[Any, PoseCodec, PoseVLAPolicyModel, PoseTextTokenizer, ActionExpertConfig]:
     """Post-training model for `cfg`: the VLM as `build_model` makes it + a fresh `cfg.expert` action expert.
 
-    The expert's chunk size is ``cfg.action.chunk_size``. Used by the trainer and by `posevla.serving.Policy`.
+    The expert's chunk size is ``cfg.action.chunk_size``. Used by the trainer and by `posevla.policy.Policy`.
     """
     mcfg = model_config(cfg)
     codec = PoseCodec(bins)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from posevla.data.omni3d import Object3D, Scene, View, load_depth, load_rgb
+from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth, load_rgb
 from posevla.errors import DataError
 from posevla.geometry import (
     K_pad,

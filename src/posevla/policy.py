@@ -4,7 +4,7 @@
 resolved train config (model size, expert, `ActionConfig`), the bins and tokenizer, the weights, the state /
 action statistics (``norm_stats.json``) and the training data's cameras, image sizes and camera config.
 
-`Policy.infer(obs)` takes the observation format of :mod:`posevla.envs` / a recorded LeRobot frame (a flat
+`Policy.infer(obs)` takes the observation format of :mod:`posevla.sim` / a recorded LeRobot frame (a flat
 dict: ``observation.images.<cam>`` (H, W, 3) uint8 for every training camera, optional
 ``observation.depth.<cam>`` (H, W) metres, ``observation.cameras.<cam>.K`` (3, 3) -- or the static K of the
 training camera config --, optional ``observation.cameras.<cam>.T_world_cam``, the state features of the
@@ -37,18 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from posevla.data.actions import (
-    EE_DIM_NAMES,
-    ActionConfig,
-    NormStats,
-    camera_T_world_cam,
-    collate_actions,
-    ee_vector_to_pose,
-    load_norm_stats,
-    observation_inputs,
-)
-from posevla.data.lerobot import CameraConfig
-from posevla.data.loader import ExampleSpec
+from posevla.data.action_space import EE_DIM_NAMES, ActionConfig, ee_vector_to_pose
+from posevla.data.normalize import NormStats, load_norm_stats
+from posevla.data.actions import camera_T_world_cam, collate_actions, observation_inputs
+from posevla.data.formats.lerobot import CameraConfig
+from posevla.data.collate import ExampleSpec
 from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError
 
 __all__ = ["Policy", "ActionChunker"]
@@ -127,7 +120,7 @@ class Policy:
         from posevla.tokens import BinSpec
         from posevla.training.checkpoint import load_model_weights, read_checkpoint_meta
         from posevla.training.config import TrainConfig
-        from posevla.training.runtime import pick_device_and_precision
+        from posevla.runtime import pick_device_and_precision
         from posevla.training.trainer import build_policy_model
 
         meta = read_checkpoint_meta(path)
@@ -201,7 +194,7 @@ class Policy:
             raise DataError(
                 f"an observation is a dict of LeRobot feature names, got {type(obs).__name__}",
                 field="observation",
-                fix="pass the dict an environment returns (see posevla.envs)",
+                fix="pass the dict an environment returns (see posevla.sim)",
             )
         inputs = observation_inputs(
             obs,
@@ -240,7 +233,7 @@ class Policy:
                 policy's own generator (seeded at construction).
             return_poses: also decode the VLM's stage-2 waypoint plan per view (grammar-constrained).
         """
-        from posevla.training.runtime import autocast_context
+        from posevla.runtime import autocast_context
 
         t0 = time.perf_counter()
         inputs, batch = self.preprocess(obs)
@@ -318,7 +311,7 @@ class Policy:
         self, batch: Mapping[str, torch.Tensor], obs: Mapping[str, Any], cams: list[str | None]
     ) -> list[dict]:
         """The VLM's greedy, grammar-constrained waypoint answer, parsed, per view (camera frame + world)."""
-        from posevla.training.runtime import autocast_context
+        from posevla.runtime import autocast_context
 
         grammar = self._waypoint_grammar()
         prefix = {
@@ -347,7 +340,7 @@ class Policy:
 
     def __call__(self, obs: Mapping[str, Any]) -> Any:
         """``obs -> PolicyOutput(actions (H, A))`` for `posevla.eval.rollout.rollout` (latency in info)."""
-        from posevla.envs import PolicyOutput
+        from posevla.sim import PolicyOutput
 
         out = self.infer(obs)
         return PolicyOutput(actions=out["actions"], info={"latency_ms": out["latency_ms"]})

@@ -1,9 +1,9 @@
-"""MetaWorld v3 (Sawyer, 50 tasks) as a :class:`posevla.envs.ClosedLoopEnv` with calibrated cameras.
+"""MetaWorld v3 (Sawyer, 50 tasks) as a :class:`posevla.sim.ClosedLoopEnv` with calibrated cameras.
 
 ``make("pick-place-v3", seed=0, image_size=128)`` returns a :class:`MetaWorldEnv`. Every observation
 carries, per camera, an RGB image, metric depth, the intrinsics ``K`` and the camera pose
 ``T_world_cam``, plus the end-effector pose, the gripper opening, the joint positions and a
-natural-language instruction. Keys are the LeRobot feature names of :mod:`posevla.envs`.
+natural-language instruction. Keys are the LeRobot feature names of :mod:`posevla.sim`.
 
 Conventions (project contracts):
 
@@ -34,30 +34,25 @@ The goal is observable in ``environment_state`` (MetaWorld's MT1 setting), as th
 
 Rendering uses one offscreen GL context per environment and a CPU fast path: no MSAA
 (``offsamples = 0``) and no shadows, set before the first render, and no table reflections (see
-:class:`MujocoCameraRenderer`). Set ``MUJOCO_GL=egl`` before Python first imports mujoco.
+:class:`posevla.sim.render.MujocoCameraRenderer`, which also sets ``MUJOCO_GL=egl``).
 """
 
 from __future__ import annotations
 
-import os
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import numpy as np
 
-import difflib  # noqa: E402
-import math  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from posevla.envs import Observation, PolicyOutput, StepResult, check_int  # noqa: E402
-from posevla.errors import ConfigError, DataError  # noqa: E402
-from posevla.geometry.camera import K_from_fovy  # noqa: E402
-from posevla.geometry.rotations import matrix_to_quat_wxyz  # noqa: E402
-from posevla.geometry.se3 import make_T, opengl_to_opencv_camera  # noqa: E402
+from posevla.sim import Observation, PolicyOutput, StepResult, check_int
+from posevla.errors import ConfigError, DataError
+from posevla.geometry.camera import K_from_fovy
+from posevla.geometry.rotations import matrix_to_quat_wxyz
+from posevla.geometry.se3 import make_T, opengl_to_opencv_camera
+from posevla.sim.metaworld_tasks import TASKS, check_seed, instruction_for, resolve_task
+from posevla.sim.render import MujocoCameraRenderer
 
 __all__ = [
     "TASKS",
@@ -68,8 +63,10 @@ __all__ = [
     "ACTION_SCALE",
     "JOINT_NAMES",
     "instruction_for",
-    "depth_buffer_to_metres",
-    "MujocoCameraRenderer",
+    "resolve_task",
+    "camera_map",
+    "image_size_hw",
+    "check_options",
     "MetaWorldEnv",
     "make",
     "expert_chunk_policy",
@@ -90,216 +87,7 @@ JOINT_NAMES = tuple(f"right_j{i}" for i in range(7)) + ("r_close", "l_close")
 _HAND_BODY = "hand"
 _MIN_SIDE, _MAX_SIDE = 16, 2048
 
-#: Three phrasings per task; ``reset(seed)`` picks ``seed % 3``. Keys are MetaWorld v3 task names.
-_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "assembly-v3": (
-        "put the ring onto the peg",
-        "pick up the nut and slide it over the peg",
-        "assemble the ring on the peg",
-    ),
-    "basketball-v3": (
-        "put the ball into the hoop", "pick up the basketball and dunk it", "drop the ball through the hoop"
-    ),
-    "bin-picking-v3": (
-        "move the cube into the other bin",
-        "pick the block out of the bin and place it in the empty bin",
-        "transfer the cube between the bins",
-    ),
-    "box-close-v3": (
-        "close the box with its lid", "put the lid on the box", "pick up the lid and cover the box"
-    ),
-    "button-press-topdown-v3": (
-        "press the button from above", "push the button down", "press down on the button"
-    ),
-    "button-press-topdown-wall-v3": (
-        "press the button from above behind the wall",
-        "reach over the wall and push the button down",
-        "press down on the button behind the wall",
-    ),
-    "button-press-v3": ("press the button", "push the button in", "press the button on the box"),
-    "button-press-wall-v3": (
-        "press the button behind the wall",
-        "reach past the wall and push the button",
-        "push in the button behind the wall",
-    ),
-    "coffee-button-v3": (
-        "press the button on the coffee machine",
-        "push the coffee machine's button",
-        "start the coffee machine",
-    ),
-    "coffee-pull-v3": (
-        "pull the mug away from the coffee machine",
-        "slide the cup out from under the coffee machine",
-        "move the mug back to the goal",
-    ),
-    "coffee-push-v3": (
-        "push the mug under the coffee machine",
-        "slide the cup beneath the coffee spout",
-        "move the mug to the coffee machine",
-    ),
-    "dial-turn-v3": ("turn the dial", "rotate the dial", "spin the knob around"),
-    "disassemble-v3": (
-        "take the ring off the peg", "lift the nut off the peg", "remove the ring from the peg"
-    ),
-    "door-close-v3": ("close the door", "push the door shut", "shut the safe door"),
-    "door-lock-v3": ("lock the door", "turn the lock down", "rotate the knob to lock the door"),
-    "door-open-v3": ("open the door", "pull the door open", "swing the safe door open"),
-    "door-unlock-v3": ("unlock the door", "turn the lock up", "rotate the knob to unlock the door"),
-    "hand-insert-v3": (
-        "put the hand into the hole", "insert the gripper into the hole", "reach into the hole in the table"
-    ),
-    "drawer-close-v3": ("close the drawer", "push the drawer shut", "slide the drawer closed"),
-    "drawer-open-v3": ("open the drawer", "pull the drawer open", "slide the drawer out"),
-    "faucet-open-v3": ("turn the faucet on", "rotate the faucet handle to open it", "open the tap"),
-    "faucet-close-v3": ("turn the faucet off", "rotate the faucet handle to close it", "close the tap"),
-    "hammer-v3": (
-        "hammer the nail into the wall",
-        "pick up the hammer and drive in the nail",
-        "use the hammer to hit the nail",
-    ),
-    "handle-press-side-v3": (
-        "press the handle down from the side",
-        "push the side handle down",
-        "press down on the handle from the side",
-    ),
-    "handle-press-v3": ("press the handle down", "push down on the handle", "press the handle to the bottom"),
-    "handle-pull-side-v3": (
-        "pull the handle up from the side", "lift the side handle", "pull up on the handle from the side"
-    ),
-    "handle-pull-v3": ("pull the handle up", "lift the handle", "pull up on the handle"),
-    "lever-pull-v3": ("pull the lever up", "raise the lever", "lift the lever to the top"),
-    "pick-place-wall-v3": (
-        "pick up the puck and place it at the goal behind the wall",
-        "lift the puck over the wall to the target",
-        "move the puck past the wall to the goal",
-    ),
-    "pick-out-of-hole-v3": (
-        "pick the peg out of the hole",
-        "lift the peg out of the hole",
-        "take the peg out of the hole and hold it up",
-    ),
-    "pick-place-v3": (
-        "pick up the puck and place it at the goal",
-        "put the puck on the target",
-        "move the puck to the goal position",
-    ),
-    "plate-slide-v3": (
-        "slide the plate into the goal",
-        "push the plate forward into the net",
-        "slide the plate into the cabinet",
-    ),
-    "plate-slide-side-v3": (
-        "slide the plate sideways into the goal",
-        "push the plate sideways into the net",
-        "slide the plate into the cabinet from the side",
-    ),
-    "plate-slide-back-v3": (
-        "slide the plate back out of the goal",
-        "pull the plate back out of the net",
-        "slide the plate out of the cabinet",
-    ),
-    "plate-slide-back-side-v3": (
-        "slide the plate sideways out of the goal",
-        "pull the plate sideways out of the net",
-        "slide the plate out of the cabinet to the side",
-    ),
-    "peg-insert-side-v3": (
-        "insert the peg into the hole from the side",
-        "pick up the peg and push it into the hole",
-        "put the peg in the side hole",
-    ),
-    "peg-unplug-side-v3": (
-        "unplug the peg from the side", "pull the peg out of the hole", "remove the peg from the side hole"
-    ),
-    "soccer-v3": (
-        "kick the ball into the goal", "push the soccer ball into the net", "score a goal with the ball"
-    ),
-    "stick-push-v3": (
-        "push the bottle with the stick",
-        "pick up the stick and push the bottle to the goal",
-        "use the stick to push the bottle",
-    ),
-    "stick-pull-v3": (
-        "pull the bottle with the stick",
-        "pick up the stick and pull the bottle to the goal",
-        "use the stick to pull the bottle",
-    ),
-    "push-v3": (
-        "push the puck to the goal",
-        "slide the puck to the target",
-        "push the puck across the table to the goal",
-    ),
-    "push-wall-v3": (
-        "push the puck around the wall to the goal",
-        "slide the puck past the wall to the target",
-        "push the puck to the goal behind the wall",
-    ),
-    "push-back-v3": (
-        "push the puck back to the goal",
-        "slide the puck backwards to the target",
-        "pull the puck back to the goal",
-    ),
-    "reach-v3": (
-        "reach the goal", "move the gripper to the target", "touch the goal position with the gripper"
-    ),
-    "reach-wall-v3": (
-        "reach the goal behind the wall",
-        "move the gripper over the wall to the target",
-        "reach past the wall to the goal",
-    ),
-    "shelf-place-v3": (
-        "place the block on the shelf",
-        "pick up the cube and put it on the shelf",
-        "put the block onto the shelf",
-    ),
-    "sweep-into-v3": (
-        "sweep the puck into the hole",
-        "push the puck into the hole",
-        "slide the puck into the hole in the table",
-    ),
-    "sweep-v3": (
-        "sweep the puck off the table", "push the puck off the edge", "slide the puck off the table"
-    ),
-    "window-open-v3": ("open the window", "slide the window open", "push the window open"),
-    "window-close-v3": ("close the window", "slide the window shut", "push the window closed"),
-}
-#: The 50 MetaWorld v3 task names this adapter knows (each with a scripted expert).
-TASKS: tuple[str, ...] = tuple(_INSTRUCTIONS)
-
-
-def _resolve_task(task_name: str) -> str:
-    """Exact v3 name, or the same name without the ``-v3`` suffix; else a ConfigError with suggestions."""
-    if not isinstance(task_name, str):
-        raise ConfigError(
-            f"task_name must be a string such as 'pick-place-v3', got {type(task_name).__name__}"
-        )
-    name = task_name.strip()
-    if name in _INSTRUCTIONS:
-        return name
-    if name + "-v3" in _INSTRUCTIONS:
-        return name + "-v3"
-    close = difflib.get_close_matches(name, TASKS, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(
-        f"unknown MetaWorld task {task_name!r}.{hint} Valid names (MetaWorld v3): {', '.join(TASKS)}"
-    )
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an int in [0, 2**32), got {seed!r} ({type(seed).__name__})")
-    if not 0 <= int(seed) < 2**32:
-        raise ConfigError(f"seed must be in [0, 2**32) (numpy seeding), got {int(seed)}")
-    return int(seed)
-
-
-def instruction_for(task_name: str, seed: int) -> str:
-    """The natural-language instruction of ``task_name`` for an episode seed (template ``seed % 3``)."""
-    phrases = _INSTRUCTIONS[_resolve_task(task_name)]
-    return phrases[_check_seed(seed) % len(phrases)]
-
-
-def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+def image_size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     """``int`` (square) or ``(height, width)`` -> (height, width), range-checked."""
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         h = w = int(image_size)
@@ -316,117 +104,7 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def depth_buffer_to_metres(raw: np.ndarray, znear: float, zfar: float) -> np.ndarray:
-    """MuJoCo's reversed-Z depth buffer (``mjDEPTH_ZEROFAR``) -> metric depth, float32, 0 = nothing hit.
-
-    Args:
-        raw: depth read by ``mjr_readPixels`` with ``readDepthMap = mjDEPTH_ZEROFAR`` (0 at the far plane).
-        znear: near clip distance in metres (``model.vis.map.znear * model.stat.extent``).
-        zfar: far clip distance in metres (``model.vis.map.zfar * model.stat.extent``).
-
-    Returns:
-        z along the optical axis in metres; pixels at (or within 0.1 % of) the far plane are 0.
-    """
-    near, far = np.float32(znear), np.float32(zfar)
-    # same maths as mujoco.Renderer for the reversed-Z buffer, kept in float32 like the GL buffer
-    c = np.float32(-0.5) * (-(far + near) / (far - near)) - np.float32(0.5)
-    dd = np.float32(-0.5) * (-(np.float32(2) * far * near) / (far - near))
-    raw = np.asarray(raw, np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = dd / (raw + c)
-    return np.where((raw > 0) & np.isfinite(z) & (z < 0.999 * far), z, 0.0).astype(np.float32)
-
-
-class MujocoCameraRenderer:
-    """Offscreen RGB + metric depth of cameras of any MuJoCo model, one render per camera.
-
-    CPU fast path: sets ``model.vis.quality.offsamples = 0`` (no MSAA) and ``model.light_castshadow[:] = 0``
-    (no shadows) before the GL context exists, and switches off planar reflections (each reflective
-    material otherwise renders the scene twice; on llvmpipe this halves the render time). Pixels change
-    slightly: aliased edges, no shadows, no mirror image in the table. The model's offscreen buffer
-    grows if the image is larger. Call :meth:`close` (or use a ``with`` block) to free the GL context.
-
-    Args:
-        model: the ``mujoco.MjModel`` (modified in place as described).
-        width, height: image size in pixels.
-        max_depth: depths beyond this many metres are stored as 0 (invalid). The skybox is drawn tens
-            of metres away and would otherwise appear as a depth; scenes here are a few metres across.
-        max_geom: capacity of the visual scene.
-    """
-
-    def __init__(
-        self, model: Any, width: int, height: int, *, max_depth: float = 10.0, max_geom: int = 2000
-    ) -> None:
-        import mujoco
-
-        self.mj = mujoco
-        self.model = model
-        self.width, self.height = int(width), int(height)
-        self.max_depth = float(max_depth)
-        model.vis.quality.offsamples = 0
-        model.light_castshadow[:] = 0
-        model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), self.width)
-        model.vis.global_.offheight = max(int(model.vis.global_.offheight), self.height)
-        try:
-            self.gl = mujoco.GLContext(self.width, self.height)
-            self.gl.make_current()
-            self.ctx = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
-        except Exception as e:  # mujoco.FatalError, GLFW/EGL errors
-            gl = os.environ.get("MUJOCO_GL")
-            raise ConfigError(
-                f"could not create an offscreen OpenGL context (MUJOCO_GL={gl!r}): {e}. "
-                "Set MUJOCO_GL=egl (or osmesa) in the environment before Python first imports mujoco, "
-                "and install the EGL/Mesa system packages (scripts/install_system_deps.sh)"
-            ) from e
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
-        self.ctx.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-        self.scn = mujoco.MjvScene(model, maxgeom=max_geom)
-        self.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        self.opt = mujoco.MjvOption()
-        self.cam = mujoco.MjvCamera()
-        self.cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        self.rect = mujoco.MjrRect(0, 0, self.width, self.height)
-        self._rgb = np.empty((self.height, self.width, 3), np.uint8)
-        self._depth = np.empty((self.height, self.width), np.float32)
-        self.znear = float(model.vis.map.znear * model.stat.extent)
-        self.zfar = float(model.vis.map.zfar * model.stat.extent)
-        self._closed = False
-
-    def render(self, data: Any, cam_id: int, *, depth: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Camera ``cam_id``: RGB uint8 (H, W, 3) row 0 at the top, depth float32 metres (H, W) or None."""
-        if self._closed:
-            raise DataError("render() on a closed renderer", fix="create a new environment / renderer")
-        mj = self.mj
-        self.gl.make_current()
-        self.cam.fixedcamid = int(cam_id)
-        mj.mjv_updateScene(self.model, data, self.opt, None, self.cam, mj.mjtCatBit.mjCAT_ALL, self.scn)
-        mj.mjr_render(self.rect, self.scn, self.ctx)
-        mj.mjr_readPixels(self._rgb, self._depth if depth else None, self.rect, self.ctx)
-        rgb = np.ascontiguousarray(self._rgb[::-1])  # GL rows are bottom-up
-        if not depth:
-            return rgb, None
-        z = depth_buffer_to_metres(self._depth[::-1], self.znear, self.zfar)
-        z[z > self.max_depth] = 0.0
-        return rgb, z
-
-    def close(self) -> None:
-        """Free the GL resources (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            try:
-                self.gl.make_current()
-                self.ctx.free()
-            finally:
-                self.gl.free()
-
-    def __enter__(self) -> MujocoCameraRenderer:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _camera_map(cameras: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+def camera_map(cameras: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     """Normalise the ``cameras`` argument to {dataset name: MuJoCo camera name}."""
     if cameras is None:
         return dict(DEFAULT_CAMERAS)
@@ -460,12 +138,15 @@ class MetaWorldEnv:
         turned_cameras: MetaWorld cameras that were turned 180 degrees about their optical axis.
         height, width: image size in pixels.
         action_dim, fps, max_steps: 4, 80 and the episode step limit (at most MetaWorld's 500).
+        robot_type, tcp_offset: ``"sawyer"`` and :data:`TCP_OFFSET` (what recorded demos store).
         instruction: the current episode's instruction (set by :meth:`reset`).
         last_obs: the latest observation (from :meth:`reset` or :meth:`step`), None before the first.
     """
 
     action_dim: int = ACTION_DIM
     fps: int = FPS
+    robot_type: str = "sawyer"
+    tcp_offset: np.ndarray = TCP_OFFSET
 
     def __init__(
         self,
@@ -482,13 +163,13 @@ class MetaWorldEnv:
         from metaworld.policies import ENV_POLICY_MAP
 
         self.mj = mujoco
-        self.task_name = _resolve_task(task_name)
+        self.task_name = resolve_task(task_name)
         if self.task_name not in env_dict.ALL_V3_ENVIRONMENTS:
             raise ConfigError(
                 f"task {self.task_name!r} is not in the installed metaworld; install metaworld==3.1.1"
             )
-        self.height, self.width = _image_size(image_size)
-        self.camera_sources = _camera_map(cameras)
+        self.height, self.width = image_size_hw(image_size)
+        self.camera_sources = camera_map(cameras)
         self.cameras = tuple(self.camera_sources)
         self.depth, self.render_images = bool(depth), bool(render)
 
@@ -534,7 +215,7 @@ class MetaWorldEnv:
         self._done = True
         self.seed: int | None = None
         self.last_obs: Observation | None = None
-        self.instruction = _INSTRUCTIONS[self.task_name][0]
+        self.instruction = instruction_for(self.task_name, 0)
 
     # -- setup ----------------------------------------------------------------------------------
     def _turn_upside_down_cameras(self) -> tuple[str, ...]:
@@ -605,7 +286,7 @@ class MetaWorldEnv:
 
     def reset(self, seed: int) -> Observation:
         """Start an episode; object/goal placement and the instruction are functions of ``seed``."""
-        seed = _check_seed(seed)
+        seed = check_seed(seed)
         env = self._env
         env.seed(seed)
         with warnings.catch_warnings():
@@ -677,6 +358,12 @@ class MetaWorldEnv:
     def __repr__(self) -> str:
         cams = ", ".join(f"{k}={v}" for k, v in self.camera_sources.items())
         return f"MetaWorldEnv({self.task_name!r}, {self.height}x{self.width}, cameras: {cams})"
+
+
+def check_options(*, image_size: int | Sequence[int] = 128, cameras: Mapping[str, str] | Sequence[str] | None = None) -> None:
+    """Raise ConfigError for an image size or camera list :func:`make` would refuse (without loading MetaWorld)."""
+    image_size_hw(image_size)
+    camera_map(cameras)
 
 
 def make(

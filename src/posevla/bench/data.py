@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from posevla.data.loader import ExampleSpec
-from posevla.data.mixture import SourceSpec, build_mixture, fit_source_bins, load_source
+from posevla.data.collate import ExampleSpec
+from posevla.data.sources import SourceSpec, fit_source_bins, load_source
+from posevla.data.mixture import build_mixture
 from posevla.errors import ConfigError
 
 
@@ -76,9 +77,9 @@ def _time_loader(mixture: Any, codec: Any, tokenizer: Any, workers: int, per_epo
 
 def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
     """Measure loader and training-step throughput (see the module docstring); returns the figures."""
-    from posevla.data.scenes import generate_dataset
+    from posevla.sim.tabletop import generate_dataset
     from posevla.training.config import get_config
-    from posevla.training.runtime import autocast_context, pick_device_and_precision
+    from posevla.runtime import autocast_context, pick_device_and_precision
     from posevla.training.trainer import build_model
 
     if not args.workers or min(args.workers) < 0:

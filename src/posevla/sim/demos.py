@@ -1,11 +1,14 @@
-"""Scripted-expert MetaWorld demonstrations written as a LeRobot v3 dataset.
+"""Scripted-expert demonstrations of a registered simulator, written as a LeRobot v3 dataset.
 
-``write_metaworld_demos(root, DemoConfig(tasks=("pick-place-v3", "reach-v3"), episodes_per_task=10))``
-runs MetaWorld's own scripted policy (``metaworld.policies``) for every task, keeps only successful
-episodes and writes them with :func:`posevla.data.lerobot.write_lerobot_v3`.
+``write_expert_demos(root, ExpertDemoConfig(tasks=("pick-place-v3", "reach-v3"), episodes_per_task=10))``
+runs the simulator's scripted expert (``env.expert_action``; MetaWorld: its own ``metaworld.policies``) for
+every task, keeps only successful episodes and writes them with
+:func:`posevla.data.formats.lerobot.write_lerobot_v3`. The environment comes from the env registry
+(:func:`posevla.sim.make_env`), so any simulator whose environments have a scripted expert, ``fps``,
+``cameras``, ``tcp_offset`` and ``robot_type`` records demos through this module.
 
 * **Deterministic.** Attempt ``k`` of a task resets the environment with seed ``config.seed + k``
-  (object/goal placement and instruction template follow from it, see :mod:`posevla.envs.metaworld`).
+  (MetaWorld: object/goal placement and instruction template follow from it, see :mod:`posevla.sim.metaworld`).
   Attempts continue until ``episodes_per_task`` successes or ``max_attempts`` attempts; failed seeds
   are counted and listed in the report, never written.
 * **Truncation.** An episode ends ``frames_after_success`` steps after the first step that reports
@@ -15,11 +18,12 @@ episodes and writes them with :func:`posevla.data.lerobot.write_lerobot_v3`.
   transition. Features: every key of the observation (images, metric depth, per-frame ``K`` and
   ``T_world_cam`` of each camera, ``observation.state`` / ``ee_pose`` / ``gripper`` / ``joints``) and
   ``observation.environment_state`` (MetaWorld's privileged 39-D state, float32).
-* **Camera config.** Cameras in view order, TCP offset (4.5 cm along the hand's x axis, see
-  :data:`posevla.envs.metaworld.TCP_OFFSET`), depth PNGs in millimetres, gripper 1 = open.
+* **Camera config.** Cameras in view order, the environment's TCP offset (MetaWorld: 4.5 cm along the
+  hand's x axis, :data:`posevla.sim.metaworld.TCP_OFFSET`), depth PNGs in millimetres, gripper 1 = open.
 
-Next to the dataset's metadata, ``meta/metaworld_demos.json`` records the configuration, the
-(task, seed) of every written episode, the failures and the throughput.
+Next to the dataset's metadata, :data:`REPORT_FILE` records the simulator, the configuration, the
+(task, seed) of every written episode, the failures and the throughput; ``posevla eval sim`` reads it to
+refuse evaluation seeds that were training demos.
 
 All episodes are held in memory until they are written (about 35 MB per 100-frame episode at 128x128
 with 3 cameras); generate large sets as several datasets.
@@ -29,65 +33,75 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posevla.envs import check_int
-from posevla.errors import ConfigError
+from posevla.data.formats.lerobot import CameraConfig, Episode, write_lerobot_v3
+from posevla.errors import ConfigError, DataError
+from posevla.sim import check_int, env_module, make_env, resolve_task
 
-__all__ = ["DemoConfig", "DemoReport", "record_expert_episode", "generate_episodes", "write_metaworld_demos"]
+__all__ = [
+    "REPORT_FILE",
+    "ExpertDemoConfig",
+    "DemoReport",
+    "record_expert_episode",
+    "generate_episodes",
+    "write_expert_demos",
+    "demo_seeds",
+]
 
-ROBOT_TYPE = "sawyer"
+#: Written next to the dataset's metadata (the name predates other simulators; kept for existing datasets).
 REPORT_FILE = "meta/metaworld_demos.json"
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class ExpertDemoConfig:
     """What to generate.
 
     Attributes:
-        tasks: MetaWorld v3 task names.
+        env: the simulator (a key of :data:`posevla.sim.ENVS`).
+        tasks: the simulator's task names (MetaWorld v3: ``reach-v3``, ...; the ``-v3`` may be left out).
         episodes_per_task: successful episodes wanted per task.
         seed: seed of a task's first attempt; attempt k uses ``seed + k``.
         image_size: ``int`` or ``(height, width)``.
-        cameras: dataset camera -> MetaWorld camera (default: head=corner, side=corner2, wrist=gripperPOV).
+        cameras: dataset camera -> simulator camera (MetaWorld default: head=corner, side=corner2,
+            wrist=gripperPOV).
         depth: store metric depth per camera.
         max_steps: step limit of one attempt (at most 500).
         frames_after_success: steps recorded after the first success.
         max_attempts: attempts per task before giving up (default ``2 * episodes_per_task + 5``).
     """
 
+    env: str = "metaworld"
     tasks: tuple[str, ...] = ("pick-place-v3", "reach-v3")
     episodes_per_task: int = 10
     seed: int = 0
     image_size: int | tuple[int, int] = 128
-    cameras: Mapping[str, str] | None = None
+    cameras: dict[str, str] | tuple[str, ...] | None = None
     depth: bool = True
     max_steps: int = 500
     frames_after_success: int = 10
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
-        from posevla.envs.metaworld import _camera_map, _check_seed, _image_size, _resolve_task
-
         tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
         if not tasks:
-            raise ConfigError("DemoConfig.tasks is empty: name at least one MetaWorld task, e.g. 'reach-v3'")
-        object.__setattr__(self, "tasks", tuple(_resolve_task(t) for t in tasks))
+            raise ConfigError("ExpertDemoConfig.tasks is empty: name at least one task, e.g. 'reach-v3'")
+        object.__setattr__(self, "tasks", tuple(resolve_task(self.env, t) for t in tasks))
         if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"DemoConfig.tasks has duplicates: {list(self.tasks)}")
-        _check_seed(self.seed)
-        _image_size(self.image_size)
-        _camera_map(self.cameras)
-        check_int(self.episodes_per_task, "DemoConfig.episodes_per_task", lo=1)
-        check_int(self.frames_after_success, "DemoConfig.frames_after_success", lo=0)
-        check_int(self.max_steps, "DemoConfig.max_steps", lo=1, hi=500)
+            raise ConfigError(f"ExpertDemoConfig.tasks has duplicates: {list(self.tasks)}")
+        check_int(self.seed, "ExpertDemoConfig.seed", lo=0, hi=2**32 - 1)
+        check = getattr(env_module(self.env), "check_options", None)
+        if check is not None:  # image size and camera names, before minutes of simulation
+            check(image_size=self.image_size, cameras=self.cameras)
+        check_int(self.episodes_per_task, "ExpertDemoConfig.episodes_per_task", lo=1)
+        check_int(self.frames_after_success, "ExpertDemoConfig.frames_after_success", lo=0)
+        check_int(self.max_steps, "ExpertDemoConfig.max_steps", lo=1)
         if self.max_attempts is not None:
-            check_int(self.max_attempts, "DemoConfig.max_attempts", lo=self.episodes_per_task)
+            check_int(self.max_attempts, "ExpertDemoConfig.max_attempts", lo=self.episodes_per_task)
 
     @property
     def attempts_per_task(self) -> int:
@@ -105,6 +119,7 @@ class DemoReport:
         seconds: wall-clock time of simulation and rendering (writing excluded).
         env_steps: simulator steps taken, failed attempts included.
         root: the dataset folder, when written.
+        env: the simulator's name, fps, cameras (and their simulator names), TCP offset and robot type.
     """
 
     per_task: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -113,6 +128,7 @@ class DemoReport:
     env_steps: int = 0
     write_seconds: float = 0.0
     root: str | None = None
+    env: dict[str, Any] = field(default_factory=dict)
 
     @property
     def successes(self) -> int:
@@ -140,14 +156,12 @@ class DemoReport:
 
 
 def record_expert_episode(env: Any, seed: int, *, frames_after_success: int = 10) -> tuple[Any | None, int]:
-    """Run the scripted expert in ``env`` (a :class:`posevla.envs.metaworld.MetaWorldEnv`) from ``seed``.
+    """Run the scripted expert of ``env`` (e.g. a :class:`posevla.sim.metaworld.MetaWorldEnv`) from ``seed``.
 
     Returns:
-        ``(episode, steps)``: the :class:`posevla.data.lerobot.Episode` if the expert succeeded (else
+        ``(episode, steps)``: the :class:`posevla.data.formats.lerobot.Episode` if the expert succeeded (else
         None), and the number of environment steps taken.
     """
-    from posevla.data.lerobot import Episode
-
     obs = env.reset(seed)
     frames: list[dict[str, Any]] = []
     actions, rewards, successes = [], [], []
@@ -182,16 +196,14 @@ def record_expert_episode(env: Any, seed: int, *, frames_after_success: int = 10
     return Episode(task=frames[0]["task"], features=feats), steps
 
 
-def generate_episodes(config: DemoConfig, *, progress: bool = False) -> tuple[list[Any], DemoReport]:
+def generate_episodes(config: ExpertDemoConfig, *, progress: bool = False) -> tuple[list[Any], DemoReport]:
     """Generate the successful expert episodes of ``config`` in memory (see the module docstring)."""
-    from posevla.envs.metaworld import make
-
     report = DemoReport()
     episodes: list[Any] = []
     t0 = time.perf_counter()
     for task in config.tasks:
-        env = make(task, image_size=config.image_size, cameras=config.cameras, depth=config.depth,
-                   max_steps=config.max_steps)
+        env = make_env(config.env, task, image_size=config.image_size, cameras=config.cameras, depth=config.depth,
+                       max_steps=config.max_steps)
         stats = {"successes": 0, "attempts": 0, "failures": 0, "failed_seeds": [], "frames": 0}
         try:
             for k in range(config.attempts_per_task):
@@ -211,8 +223,11 @@ def generate_episodes(config: DemoConfig, *, progress: bool = False) -> tuple[li
                                             "instruction": ep.task, "frames": ep.num_frames})
                     episodes.append(ep)
                 if progress:
-                    print(f"[metaworld demos] {task} seed {seed}: {'ok' if ep is not None else 'FAILED'} "
+                    print(f"[{config.env} demos] {task} seed {seed}: {'ok' if ep is not None else 'FAILED'} "
                           f"({steps} steps, {stats['successes']}/{config.episodes_per_task})", flush=True)
+            report.env = {"name": config.env, "fps": int(env.fps), "cameras": list(env.cameras),
+                          "camera_sources": dict(getattr(env, "camera_sources", {})),
+                          "tcp_offset": [float(x) for x in env.tcp_offset], "robot_type": env.robot_type}
         finally:
             env.close()
         report.per_task[task] = stats
@@ -220,8 +235,8 @@ def generate_episodes(config: DemoConfig, *, progress: bool = False) -> tuple[li
     return episodes, report
 
 
-def write_metaworld_demos(
-    root: str | Path, config: DemoConfig, *, overwrite: bool = False, progress: bool = False
+def write_expert_demos(
+    root: str | Path, config: ExpertDemoConfig, *, overwrite: bool = False, progress: bool = False
 ) -> DemoReport:
     """Generate ``config``'s expert demos and write them as a LeRobot v3 dataset at ``root``.
 
@@ -229,14 +244,9 @@ def write_metaworld_demos(
         ConfigError: bad configuration, or no task produced a single successful episode.
         DataError: from the writer (e.g. ``root`` exists and ``overwrite`` is False).
     """
-    from posevla.data.lerobot import CameraConfig, write_lerobot_v3
-    from posevla.envs.metaworld import DEFAULT_CAMERAS, FPS, TCP_OFFSET, _camera_map
-
     root = Path(root)
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         # fail before minutes of simulation, with the writer's own wording
-        from posevla.errors import DataError
-
         raise DataError("the target exists and is not empty", file=str(root),
                         fix="choose a new folder or pass overwrite=True")
     episodes, report = generate_episodes(config, progress=progress)
@@ -246,17 +256,25 @@ def write_metaworld_demos(
             f"the scripted expert succeeded in none of {attempts} attempts for tasks {list(config.tasks)}; "
             "raise max_steps or max_attempts"
         )
-    cams = tuple(_camera_map(config.cameras if config.cameras is not None else DEFAULT_CAMERAS))
-    cam_cfg = CameraConfig(cameras=cams, tcp_offset=tuple(float(x) for x in TCP_OFFSET), depth_scale=0.001,
+    env = report.env
+    cam_cfg = CameraConfig(cameras=tuple(env["cameras"]), tcp_offset=tuple(env["tcp_offset"]), depth_scale=0.001,
                            gripper_open_positive=True)
     t0 = time.perf_counter()
     write_lerobot_v3(
-        root, episodes, fps=FPS, robot_type=ROBOT_TYPE, camera_config=cam_cfg, overwrite=overwrite
+        root, episodes, fps=env["fps"], robot_type=env["robot_type"], camera_config=cam_cfg, overwrite=overwrite
     )
     report.write_seconds = time.perf_counter() - t0
     report.root = str(root)
     out = report.to_dict()
     out["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-    out["config"]["cameras"] = dict(_camera_map(config.cameras))
+    out["config"]["cameras"] = env["camera_sources"] or env["cameras"]
     (root / REPORT_FILE).write_text(json.dumps(out, indent=2, default=float) + "\n", encoding="utf-8")
     return report
+
+
+def demo_seeds(dataset_root: str | Path) -> set[tuple[str, int]] | None:
+    """The (task, seed) of every episode of a dataset written here, or None if it has no :data:`REPORT_FILE`."""
+    report = Path(dataset_root) / REPORT_FILE
+    if not report.is_file():
+        return None
+    return {(e["task"], int(e["seed"])) for e in json.loads(report.read_text()).get("episodes", [])}

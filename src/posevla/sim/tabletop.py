@@ -7,7 +7,7 @@
     <root>/depth/<scene>_<cam>.png      uint16, metres = value * info.depth_scale (0 = invalid)
 
 Each scene is a table (top face at world z = 0, world z up) with 3-6 catalogue objects
-(:mod:`posevla.data.objects`) in random colours, placed without overlapping footprints, each resting
+(:mod:`posevla.sim.objects`) in random colours, placed without overlapping footprints, each resting
 on one of its six AABB faces with a random yaw. Three cameras look at it: ``head`` (0.7-1.2 m from
 the table centre, looking down 35-65 degrees) and ``wrist1``/``wrist2`` (0.3-0.6 m from a random
 object). Scene ``i`` draws its randomness only from ``(seed, i)``, so the output does not depend on
@@ -28,252 +28,45 @@ samples that fall inside the image and are not occluded in the rendered depth), 
 from __future__ import annotations
 
 import os
+import io
+import json
+import math
+import multiprocessing as mp
+import tempfile
+import time
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+import numpy as np
+from PIL import Image
 
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from posevla.data.objects import (  # noqa: E402
-    CATALOGUE,
-    ObjectSpec,
-    category_names,
-    default_cache_dir,
-    load_mesh,
-    primitive_points,
-    sample_primitive_dims,
+from posevla.sim.objects import CATALOGUE, category_names, default_cache_dir, load_mesh
+from posevla.errors import DataError
+from posevla.geometry.boxes import box2d_from_box3d, box_corners
+from posevla.geometry.camera import K_from_fovy
+from posevla.geometry.se3 import opengl_to_opencv_camera
+from posevla.sim.render import MujocoCameraRenderer
+from posevla.sim.tabletop_scene import (  # noqa: F401 (CAMERAS, WORKSPACE_HALF, sample_scene: re-exported)
+    CAMERAS,
+    GENERATOR_VERSION,
+    INSTANCES_PER_CATEGORY,
+    WORKSPACE_HALF,
+    CameraPose,
+    PlacedObject,
+    SceneSpec,
+    category_pool,
+    look_at,
+    sample_scene,
 )
-from posevla.errors import DataError  # noqa: E402
-from posevla.geometry.boxes import box2d_from_box3d, box_corners  # noqa: E402
-from posevla.geometry.camera import K_from_fovy  # noqa: E402
-from posevla.geometry.se3 import opengl_to_opencv_camera  # noqa: E402
 
 DEPTH_SCALE = 1e-4  # metres per uint16 unit
-CAMERAS = ("head", "wrist1", "wrist2")
-MAX_OBJECTS = 6
-MIN_OBJECTS = 3
-INSTANCES_PER_CATEGORY = 2  # at most this many copies of one category in a scene
 MIN_VISIBILITY = 0.05  # objects less visible than this in a view are not annotated in that view
 _EXTENT = 2.0  # model.stat.extent; znear/zfar below are fractions of it
 _ZNEAR = 0.01
 _ZFAR = 5.0
 _HIDDEN_GROUP = 3
 TABLE_HEIGHT = 0.75  # the floor is this far below the table top
-WORKSPACE_HALF = np.array([0.32, 0.24])  # metres, half extents of the area objects are placed in
-GENERATOR_VERSION = 3  # bump when the same seed would give different scenes
-
-
-# ----------------------------------------------------------------------------------------------
-# Scene sampling (pure numpy, no MuJoCo)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PlacedObject:
-    category: str
-    spec: ObjectSpec
-    dims: np.ndarray  # (3,) [w, h, l]
-    R_world: np.ndarray  # (3, 3)
-    center_world: np.ndarray  # (3,)
-    rgba: np.ndarray  # (4,)
-    points: np.ndarray  # (P, 3) surface samples in the object frame
-    normals: np.ndarray  # (P, 3)
-
-
-@dataclass
-class CameraPose:
-    name: str
-    T_world_cam: np.ndarray  # (4, 4) OpenCV axes
-    fovy_deg: float
-
-
-@dataclass
-class SceneSpec:
-    index: int
-    table_half: np.ndarray  # (2,) half sizes in x, y
-    table_rgba: np.ndarray
-    floor_rgba: np.ndarray
-    light_dirs: np.ndarray  # (2, 3)
-    light_diffuse: np.ndarray  # (2, 3)
-    objects: list[PlacedObject]
-    cameras: list[CameraPose]
-
-
-def _rot_z(a: float) -> np.ndarray:
-    c, s = math.cos(a), math.sin(a)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
-def _rot_axis(axis: np.ndarray, a: float) -> np.ndarray:
-    axis = axis / np.linalg.norm(axis)
-    x, y, z = axis
-    c, s, C = math.cos(a), math.sin(a), 1 - math.cos(a)
-    return np.array(
-        [
-            [c + x * x * C, x * y * C - z * s, x * z * C + y * s],
-            [y * x * C + z * s, c + y * y * C, y * z * C - x * s],
-            [z * x * C - y * s, z * y * C + x * s, c + z * z * C],
-        ]
-    )
-
-
-# Rotations that bring each of the six local axes (+z, -z, +x, -x, +y, -y) to point up (world +z).
-_FACE_ROTATIONS = (
-    np.eye(3),
-    _rot_axis(np.array([1.0, 0, 0]), math.pi),
-    _rot_axis(np.array([0, 1.0, 0]), -math.pi / 2),
-    _rot_axis(np.array([0, 1.0, 0]), math.pi / 2),
-    _rot_axis(np.array([1.0, 0, 0]), math.pi / 2),
-    _rot_axis(np.array([1.0, 0, 0]), -math.pi / 2),
-)
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-    i = int(h * 6) % 6
-    f = h * 6 - math.floor(h * 6)
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
-
-
-_GOLDEN = 0.618033988749895
-
-
-def _category_rgba(category_index: int, rng: np.random.Generator) -> np.ndarray:
-    """A category's own hue (spread by the golden ratio) with per-instance shade variation.
-
-    Real objects of one kind look alike (every mustard bottle is yellow); a per-category hue keeps the
-    recognition problem that of real data, while saturation/brightness/hue jitter varies each instance.
-    """
-    hue = (category_index * _GOLDEN + rng.uniform(-0.03, 0.03)) % 1.0
-    return np.concatenate([_hsv_to_rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.5, 1.0)), [1.0]])
-
-
-def _look_at(pos: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray:
-    """T_world_cam (OpenCV axes) of a camera at ``pos`` looking at ``target`` with world z up."""
-    z = target - pos
-    z = z / np.linalg.norm(z)
-    x = np.cross(z, np.array([0.0, 0.0, 1.0]))
-    if np.linalg.norm(x) < 1e-6:  # looking straight down
-        x = np.array([1.0, 0.0, 0.0])
-    x = x / np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z], axis=1) @ _rot_z(roll)
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = R, pos
-    return T
-
-
-def _orbit_camera(rng, target, dist_range, elev_deg_range, roll_deg, fovy_range, name) -> CameraPose:
-    d = rng.uniform(*dist_range)
-    e = math.radians(rng.uniform(*elev_deg_range))
-    a = rng.uniform(-math.pi, math.pi)
-    pos = target + d * np.array([math.cos(e) * math.cos(a), math.cos(e) * math.sin(a), math.sin(e)])
-    roll = math.radians(rng.uniform(-roll_deg, roll_deg))
-    return CameraPose(name, _look_at(pos, target, roll), float(rng.uniform(*fovy_range)))
-
-
-def _category_pool(categories: Sequence[str] | None) -> list[int]:
-    """Catalogue indices of the categories scenes draw from (all by default)."""
-    if categories is None:
-        return list(range(len(CATALOGUE)))
-    names = [spec.name for spec in CATALOGUE]
-    unknown = [c for c in categories if c not in names]
-    if unknown or not categories:
-        raise DataError(
-            f"unknown or empty category list {list(categories)}",
-            field="categories",
-            fix=f"choose from: {', '.join(names)}",
-        )
-    return [names.index(c) for c in categories]
-
-
-def sample_scene(
-    seed: int, index: int, cache_dir: str | os.PathLike | None = None, categories: Sequence[str] | None = None
-) -> SceneSpec:
-    """The random content of scene ``index`` (depends only on ``(seed, index, categories)``)."""
-    pool = _category_pool(categories)
-    rng = np.random.default_rng([int(seed), int(index), GENERATOR_VERSION])
-    table_half = np.array([rng.uniform(0.45, 0.7), rng.uniform(0.35, 0.5)])
-    table_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.35, 0.8)), [1.0]])
-    floor_rgba = np.concatenate([_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.6)), [1.0]])
-    light_dirs = np.stack([
-        -np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), 1.0]) for _ in range(2)
-    ])
-    light_diffuse = np.stack([np.full(3, rng.uniform(0.2, 0.45)) for _ in range(2)])
-
-    work_half = np.minimum(table_half, WORKSPACE_HALF)  # objects stay in the robot's reach
-    n_target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
-    counts: dict[str, int] = {}
-    placed: list[PlacedObject] = []
-    rects: list[np.ndarray] = []  # world xy AABBs (xmin, ymin, xmax, ymax)
-    margin = 0.02
-    for _attempt in range(40):
-        if len(placed) >= n_target:
-            break
-        pool_index = int(rng.integers(len(pool)))
-        spec = CATALOGUE[pool[pool_index]]
-        if counts.get(spec.name, 0) >= INSTANCES_PER_CATEGORY:
-            continue
-        if spec.kind == "mesh":
-            mesh = load_mesh(spec.name, cache_dir)
-            dims = mesh.extents.copy()
-        else:
-            dims = sample_primitive_dims(spec, rng)
-        if spec.kind == "sphere":
-            R = _rot_z(rng.uniform(-math.pi, math.pi))  # any rotation of a sphere rests the same way
-            R = R @ _FACE_ROTATIONS[int(rng.integers(6))]
-        else:
-            R = _rot_z(rng.uniform(-math.pi, math.pi)) @ _FACE_ROTATIONS[int(rng.integers(6))]
-        # world AABB of the rotated object box (exact in z: the up axis is a local axis)
-        half_world = np.abs(R) @ (dims / 2)
-        lo_x, hi_x = -work_half[0] + margin + half_world[0], work_half[0] - margin - half_world[0]
-        lo_y, hi_y = -work_half[1] + margin + half_world[1], work_half[1] - margin - half_world[1]
-        if lo_x >= hi_x or lo_y >= hi_y:
-            continue
-        for _try in range(25):
-            xy = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)])
-            rect = np.concatenate([xy - half_world[:2], xy + half_world[:2]])
-            gap = 0.01
-            if all(
-                rect[0] > r[2] + gap or rect[2] < r[0] - gap or rect[1] > r[3] + gap or rect[3] < r[1] - gap
-                for r in rects
-            ):
-                break
-        else:
-            continue
-        center = np.array([xy[0], xy[1], half_world[2]])  # resting on the table top (z = 0)
-        rgba = _category_rgba(pool_index, rng)
-        if spec.kind == "mesh":
-            pts, nrm = mesh.points, mesh.normals
-        else:
-            pts, nrm = primitive_points(spec.kind, dims)
-        placed.append(PlacedObject(spec.name, spec, dims, R, center, rgba, pts, nrm))
-        rects.append(rect)
-        counts[spec.name] = counts.get(spec.name, 0) + 1
-
-    table_target = np.array([rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08), 0.0])
-    cams = [_orbit_camera(rng, table_target, (0.6, 0.9), (35.0, 65.0), 3.0, (45.0, 60.0), "head")]
-    for name in CAMERAS[1:]:
-        if placed:
-            obj = placed[int(rng.integers(len(placed)))]
-            target = obj.center_world + rng.uniform(-0.03, 0.03, 3)
-        else:
-            target = table_target
-        cams.append(_orbit_camera(rng, target, (0.3, 0.6), (30.0, 75.0), 10.0, (55.0, 75.0), name))
-    return SceneSpec(int(index), table_half, table_rgba, floor_rgba, light_dirs, light_diffuse, placed, cams)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,8 +125,6 @@ class SceneRenderer:
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.cache_dir = cache
         self.model = mujoco.MjModel.from_xml_string(_model_xml(self.width, self.height, cache))
-        self.model.vis.quality.offsamples = 0
-        self.model.light_castshadow[:] = 0
         self.data = mujoco.MjData(self.model)
         self.cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, "cam")
         self.table_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "table")
@@ -347,22 +138,9 @@ class SceneRenderer:
                 g = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, f"{prefix}_{k}")
                 lst.append((int(self.model.body_mocapid[b]), g))
             self.slots[spec.name] = lst
-        self.gl = mujoco.GLContext(self.width, self.height)
-        self.gl.make_current()
-        self.ctx = mujoco.MjrContext(self.model, mujoco.mjtFontScale.mjFONTSCALE_150)
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
-        self.ctx.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-        self.scn = mujoco.MjvScene(self.model, maxgeom=200)
-        self.opt = mujoco.MjvOption()
-        self.opt.geomgroup[:] = 1
-        self.opt.geomgroup[_HIDDEN_GROUP] = 0
-        self.cam = mujoco.MjvCamera()
-        self.cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        self.cam.fixedcamid = self.cam_id
-        self.rect = mujoco.MjrRect(0, 0, self.width, self.height)
-        self._rgb = np.empty((self.height, self.width, 3), np.uint8)
-        self._depth = np.empty((self.height, self.width), np.float32)
-        self._closed = False
+        self.renderer = MujocoCameraRenderer(self.model, self.width, self.height, max_geom=200)
+        self.renderer.opt.geomgroup[:] = 1
+        self.renderer.opt.geomgroup[_HIDDEN_GROUP] = 0
 
     def set_scene(self, scene: SceneSpec) -> None:
         mj, m, d = self.mj, self.model, self.data
@@ -408,32 +186,11 @@ class SceneRenderer:
         T_world_gl = np.eye(4)
         T_world_gl[:3, :3] = d.cam_xmat[self.cam_id].reshape(3, 3)
         T_world_gl[:3, 3] = d.cam_xpos[self.cam_id]
-        self.gl.make_current()
-        mj.mjv_updateScene(m, d, self.opt, None, self.cam, mj.mjtCatBit.mjCAT_ALL, self.scn)
-        mj.mjr_render(self.rect, self.scn, self.ctx)
-        mj.mjr_readPixels(self._rgb, self._depth, self.rect, self.ctx)
-        rgb = np.ascontiguousarray(self._rgb[::-1])
-        raw = self._depth[::-1].astype(np.float64)
-        # reversed-Z depth buffer -> metric z (same maths as mujoco.Renderer); raw 0 = far = nothing hit
-        near = np.float32(m.vis.map.znear * m.stat.extent)
-        far = np.float32(m.vis.map.zfar * m.stat.extent)
-        c = -(far + near) / (far - near)
-        dd = -(np.float32(2) * far * near) / (far - near)
-        c = np.float32(-0.5) * c - np.float32(0.5)
-        dd = np.float32(-0.5) * dd
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = dd / (raw + c)
-        z = np.where((raw > 0) & np.isfinite(z) & (z < 0.999 * far), z, 0.0).astype(np.float32)
+        rgb, z = self.renderer.render(d, self.cam_id)
         return rgb, z, opengl_to_opencv_camera(T_world_gl)
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            try:
-                self.gl.make_current()
-                self.ctx.free()
-            finally:
-                self.gl.free()
+        self.renderer.close()
 
     def __enter__(self):
         return self
@@ -574,7 +331,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(width: int, height: int, cache_dir: str, root: str, seed: int, categories) -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")
     _WORKER["renderer"] = SceneRenderer(width, height, cache_dir)
     _WORKER["root"] = Path(root)
     _WORKER["seed"] = seed
@@ -619,7 +375,7 @@ def generate_dataset(
     if int(num_scenes) < 0:
         raise DataError(f"num_scenes must be >= 0, got {num_scenes}", field="num_scenes")
     categories = tuple(categories) if categories is not None else None
-    _category_pool(categories)  # validate before any work
+    category_pool(categories)  # validate before any work
     if int(width) < 16 or int(height) < 16:
         raise DataError(f"image size too small: {width}x{height}", field="width/height", fix="use >= 16 pixels")
     t0 = time.perf_counter()
@@ -673,7 +429,7 @@ def generate_dataset(
     dataset = {
         "info": {
             "name": "posevla-tabletop",
-            "source": "posevla.data.scenes (MuJoCo)",
+            "source": "posevla.sim.tabletop (MuJoCo)",
             "version": GENERATOR_VERSION,
             "seed": int(seed),
             "num_scenes": int(num_scenes),

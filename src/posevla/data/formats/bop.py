@@ -1,5 +1,5 @@
 """Reader (and writer) for the BOP 6D object-pose format -> canonical :class:`Scene` / :class:`View` /
-:class:`Object3D` (the same records as :mod:`posevla.data.omni3d`).
+:class:`Object3D` (the same records as :mod:`posevla.data.formats.omni3d`).
 
 Layout read (BOP toolkit conventions, lengths in millimetres)::
 
@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from posevla.data.omni3d import Object3D, Scene, View, load_depth
+from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth
 from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners, check_K, check_rotation_matrix
 

@@ -1,33 +1,25 @@
-"""Grounding (stage 1) and trajectory (stage 2) datasets, deterministic batch order, collation, workers.
+"""Example datasets of the token objective: grounding scenes (stage 1) and robot trajectories (stage 2).
 
-The batch order is a pure function of (seed, step): batch `k` of epoch `e` is slice `k` of a
-permutation seeded by (seed, e). A run resumed at step N therefore sees exactly the batches a
-straight run sees, with no sampler state to save beyond the step counter. Several datasets are mixed
-by :mod:`posevla.data.mixture` on the same principle.
-
-Both datasets expose ``len(ds)``, ``ds.spec`` and ``ds.example(index, epoch)``; everything random in
-an example (negatives, pseudo-view crops) is seeded by ``(seed, epoch, index)``, so an example does not
-depend on which process builds it or on what was built before. :func:`stream_batches` builds the
-batches in the calling process (with a prefetch thread) or in worker processes, with identical results.
+Both expose ``len(ds)``, ``ds.spec`` and ``ds.example(index, epoch)``; everything random in an example
+(negatives, pseudo-view crops) is seeded by ``(seed, epoch, index)``, so an example does not depend on which
+process builds it or on what was built before. :func:`iterate_batches` streams one dataset's batches in the
+deterministic order (:mod:`posevla.data.streaming`); several are mixed by :mod:`posevla.data.mixture`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import multiprocessing
-import os
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from posevla.data.lerobot import DEPTH_PREFIX, IMAGE_PREFIX, Episode, LeRobotV3Dataset
-from posevla.data.omni3d import Scene, View, load_depth, load_rgb
-from posevla.data.sample import (
+from posevla.data.collate import ExampleSpec, batch_indices, collate
+from posevla.data.formats.lerobot import Episode, LeRobotV3Dataset
+from posevla.data.formats.omni3d import Scene, View, load_depth, load_rgb
+from posevla.data.grounding import (
     CompactView,
     GroundingExample,
     LabelFilter,
@@ -38,19 +30,11 @@ from posevla.data.sample import (
     scene_categories,
     stable_seed,
 )
+from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX
+from posevla.data.streaming import stream_batches
 from posevla.data.trajectory import TrajectoryConfig, TrajectoryExample, build_trajectory_example
 from posevla.data.views import PseudoViewConfig, pseudo_views
-from posevla.errors import ConfigError, DataError
-
-
-@dataclasses.dataclass(frozen=True)
-class ExampleSpec:
-    """Model-side facts the data pipeline needs (taken from the model config)."""
-
-    image_size: int
-    num_views: int
-    n_image_tokens: int  # per view
-    prompt_len: int
+from posevla.errors import DataError
 
 
 class GroundingDataset:
@@ -63,7 +47,7 @@ class GroundingDataset:
     answers ``<no_object>`` in every view of that example.
 
     Args:
-        scenes: scenes from :func:`posevla.data.omni3d.load_omni3d` or :func:`posevla.data.bop.load_bop`.
+        scenes: scenes from :func:`posevla.data.formats.omni3d.load_omni3d` or :func:`posevla.data.formats.bop.load_bop`.
         spec: image size / views / token layout of the model.
         label_filter: which objects are listed in answers.
         negative_prob: probability that an entry is turned into a negative sample.
@@ -214,7 +198,7 @@ class TrajectoryDataset:
     are read once and kept. There is nothing random in an example, so ``epoch`` is ignored.
 
     Args:
-        dataset: a loaded :class:`~posevla.data.lerobot.LeRobotV3Dataset`.
+        dataset: a loaded :class:`~posevla.data.formats.lerobot.LeRobotV3Dataset`.
         spec: image size / views / token layout of the model.
         config: horizon, stride, arms and cameras of the answers.
         frame_step: use every ``frame_step``-th frame of each episode as an entry.
@@ -285,52 +269,6 @@ class ExampleSource(Protocol):
     def example(self, index: int, epoch: int = 0) -> GroundingExample | TrajectoryExample: ...
 
 
-def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tuple[int, np.ndarray]:
-    """(epoch, item indices) of training step `step` (0-based); drops the last partial batch."""
-    per_epoch = num_items // batch_size
-    if per_epoch == 0:
-        raise DataError(
-            f"batch size {batch_size} is larger than the dataset ({num_items} items)",
-            fix="lower --batch-size or generate more scenes",
-        )
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng(stable_seed("order", seed, epoch)).permutation(num_items)
-    return epoch, perm[k * batch_size : (k + 1) * batch_size]
-
-
-def collate(
-    examples: Sequence[GroundingExample | TrajectoryExample],
-    codec,
-    tokenizer,
-    spec: ExampleSpec,
-    *,
-    with_answer: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Turn examples into one model batch (see PoseVLM.compute_loss for the keys).
-
-    Grounding and trajectory examples collate alike (same prefix layout; answers right-padded), so one
-    batch may mix both.
-    """
-    n_img = spec.n_image_tokens * spec.num_views
-    texts = [
-        tokenizer.build_example(
-            ex.prompt,
-            codec.serialize(ex.views) if with_answer else None,
-            n_image_tokens=n_img,
-            prompt_len=spec.prompt_len,
-        )
-        for ex in examples
-    ]
-    batch = tokenizer.collate(texts)
-    batch["pixel_values"] = torch.from_numpy(np.stack([[p.pixels for p in ex.prepared] for ex in examples]))
-    batch["ray"] = torch.from_numpy(np.stack([[p.ray for p in ex.prepared] for ex in examples]))
-    batch["depth"] = torch.from_numpy(np.stack([[p.depth for p in ex.prepared] for ex in examples]))
-    batch["prior_mask"] = torch.tensor(
-        [[float(any(p.has_depth for p in ex.prepared)), 1.0] for ex in examples], dtype=torch.float32
-    )  # (B, 2): [depth, ray]
-    return batch
-
-
 def iterate_batches(
     dataset: ExampleSource,
     batch_size: int,
@@ -368,125 +306,3 @@ class _DatasetBatches:
         epoch, idx = batch_indices(len(self.dataset), self.batch_size, self.seed, step)
         examples = [self.dataset.example(int(i), epoch) for i in idx]
         return collate(examples, self.codec, self.tokenizer, self.dataset.spec)
-
-
-class _StepDataset(torch.utils.data.Dataset):
-    """Map-style view of a batch function: item `step` is the whole batch of that step."""
-
-    def __init__(self, make_batch: Callable[[int], dict[str, torch.Tensor]]) -> None:
-        self.make_batch = make_batch
-
-    def __getitem__(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
-        return step, self.make_batch(step)
-
-
-def _as_is(item: Any) -> Any:
-    return item
-
-
-def _count_from(start: int) -> Iterator[int]:
-    step = start
-    while True:
-        yield step
-        step += 1
-
-
-def stream_batches(
-    make_batch: Callable[[int], dict[str, torch.Tensor]],
-    start_step: int,
-    *,
-    prefetch: int = 2,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield ``(step, make_batch(step))`` for step = start_step, start_step + 1, ... forever.
-
-    ``make_batch`` must be a pure function of the step (all loaders here are), so where it runs changes
-    speed only:
-
-    * ``num_workers == 0``: in this process; with ``prefetch`` > 0 a background thread builds the next
-      ``prefetch`` batches while the caller trains (PNG decoding and resizing release the GIL).
-    * ``num_workers > 0``: in that many worker processes (``torch.utils.data.DataLoader``, forked where the
-      platform allows, so the datasets are not pickled), ``prefetch`` batches ahead per worker, yielded in
-      step order. Each worker keeps its own view caches.
-
-    A :class:`~posevla.errors.PoseVLAError` raised while building a batch is re-raised to the caller.
-    Call ``.close()`` on the returned generator to stop the thread / workers early.
-    """
-    if num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {num_workers}: use 0 (build batches in the training "
-                          "process) or a positive worker count")
-    if num_workers > 0:
-        return _worker_batches(make_batch, start_step, num_workers, max(1, prefetch), pin_memory)
-    return _thread_batches(make_batch, start_step, prefetch)
-
-
-def _worker_batches(
-    make_batch: Callable[[int], dict[str, torch.Tensor]], start_step: int, num_workers: int, prefetch: int,
-    pin_memory: bool,
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    # Forked workers inherit the tokenizer; HF tokenizers' own thread pool must not be used across a fork.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    loader = torch.utils.data.DataLoader(
-        _StepDataset(make_batch),
-        batch_size=None,
-        sampler=_count_from(start_step),
-        num_workers=num_workers,
-        collate_fn=_as_is,
-        prefetch_factor=prefetch,
-        pin_memory=pin_memory,
-        multiprocessing_context=ctx,
-        # its own generator: seeding the workers must not draw from the global torch RNG, whose state the
-        # trainer checkpoints (prior dropout) — otherwise num_workers would change the training run
-        generator=torch.Generator(),
-    )
-    it = iter(loader)
-    try:
-        yield from it
-    finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-
-
-def _thread_batches(
-    make_batch: Callable[[int], dict[str, torch.Tensor]], start_step: int, prefetch: int
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    if prefetch <= 0:
-        step = start_step
-        while True:
-            yield step, make_batch(step)
-            step += 1
-
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def produce() -> None:
-        step = start_step
-        while not stop.is_set():
-            try:
-                item: Any = (step, make_batch(step))
-            except BaseException as e:  # handed to the consumer, which re-raises it
-                item = e
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item, BaseException):
-                return
-            step += 1
-
-    worker = threading.Thread(target=produce, name="posevla-batches", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5.0)

@@ -1,31 +1,48 @@
-"""posevla.envs: closed-loop simulation environments behind one small interface.
+"""posevla.sim: everything that simulates, behind one env registry.
 
-An environment is reset with an integer seed and stepped with one action; both return observations
-as a flat ``dict`` whose keys are the LeRobot feature names the project stores in robot episodes
-(``"observation.images.<cam>"``, ``"observation.depth.<cam>"``, ``"observation.cameras.<cam>.K"``,
-``"observation.cameras.<cam>.T_world_cam"``, ``"observation.state"``, ``"observation.ee_pose"``,
-``"observation.gripper"``, ``"observation.joints"``) plus ``"task"``, the natural-language
-instruction. So a recorded frame is an observation, and a policy trained on stored episodes sees
-the same keys at evaluation time.
+* **Closed-loop environments** (:class:`ClosedLoopEnv`): reset with an integer seed, stepped with one action;
+  both return an observation, the flat dict of feature names of :mod:`posevla.data.schema` (a recorded
+  frame is an observation, so a policy trained on stored episodes sees the same keys at evaluation time).
+  :data:`ENVS` maps a simulator name to the module that implements it; :func:`make_env` and
+  :func:`resolve_task` are the only way evaluation and the CLI create environments. Adding a simulator is one
+  module here (with ``make(task, *, image_size, max_steps, ...)`` and ``resolve_task(name)``) and one line in
+  :data:`ENVS`. Back-ends are imported on first use: ``import posevla.sim`` imports no simulator.
+* **Generators**: :mod:`.tabletop` (MuJoCo tabletop scenes written as an Omni3D dataset, objects from
+  :mod:`.objects`) and :mod:`.demos` (scripted-expert episodes written as LeRobot v3).
+* **Rendering**: :mod:`.render`, the one MuJoCo offscreen renderer (and the one place that sets ``MUJOCO_GL``).
 
-Simulator back-ends are imported lazily: ``import posevla.envs`` does not import MetaWorld.
-
-* :mod:`.metaworld` -- MetaWorld v3 (Sawyer arm, 50 tasks, scripted experts), :func:`make_metaworld`.
+Registered: ``metaworld`` (:mod:`.metaworld`, MetaWorld v3: Sawyer arm, 50 tasks, scripted experts).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+import posevla.sim.render  # noqa: F401  (sets MUJOCO_GL before any simulator imports mujoco)
+from posevla.data.schema import Observation
 from posevla.errors import ConfigError
 
-__all__ = ["Observation", "StepResult", "PolicyOutput", "ClosedLoopEnv", "check_int", "make_metaworld"]
+__all__ = [
+    "ENVS",
+    "Observation",
+    "StepResult",
+    "PolicyOutput",
+    "ClosedLoopEnv",
+    "check_int",
+    "env_module",
+    "make_env",
+    "resolve_task",
+]
 
-#: One observation: LeRobot feature name -> array, plus ``"task"`` -> instruction string.
-Observation = dict[str, Any]
+#: Simulator name -> the module implementing it (imported on first use). One line per simulator.
+ENVS: dict[str, str] = {
+    "metaworld": "posevla.sim.metaworld",
+}
 
 
 @dataclass
@@ -103,8 +120,18 @@ def check_int(value: Any, name: str, *, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def make_metaworld(*args: Any, **kwargs: Any):  # noqa: ANN201 - returns posevla.envs.metaworld.MetaWorldEnv
-    """Lazy alias of :func:`posevla.envs.metaworld.make` (imports MetaWorld on first use)."""
-    from posevla.envs.metaworld import make
+def env_module(name: str) -> ModuleType:
+    """The module of simulator `name` (imported now); a ConfigError lists the registered names."""
+    if name not in ENVS:
+        raise ConfigError(f"unknown simulator {name!r}; registered: {', '.join(sorted(ENVS))}")
+    return importlib.import_module(ENVS[name])
 
-    return make(*args, **kwargs)
+
+def resolve_task(env: str, task: str) -> str:
+    """The canonical name of `task` in simulator `env` (ConfigError with close names if unknown)."""
+    return env_module(env).resolve_task(task)
+
+
+def make_env(env: str, task: str, **kwargs: Any) -> ClosedLoopEnv:
+    """An environment of simulator `env` for `task` (keyword arguments as that simulator's ``make``)."""
+    return env_module(env).make(task, **kwargs)

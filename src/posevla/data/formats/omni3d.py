@@ -35,7 +35,7 @@ DEPTH_SCALES: dict[str, float] = {
     "SUNRGBD": 1e-4,  # SUN RGB-D depth PNG in 0.1 mm
     "ARKitScenes": 1e-3,  # millimetres
     "KITTI": 1.0 / 256.0,  # KITTI depth maps: value / 256 = metres
-    "posevla-tabletop": 1e-4,  # posevla.data.scenes
+    "posevla-tabletop": 1e-4,  # posevla.sim.tabletop
 }
 
 
@@ -169,7 +169,7 @@ class _Ctx:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError("dataset json not found", file=str(path), fix="check the path, or generate the dataset first "
-                        "(posevla.data.scenes.generate_dataset)")
+                        "(posevla.sim.tabletop.generate_dataset)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)

@@ -1,0 +1,281 @@
+"""Action spaces of post-training: what the action expert predicts, as vectors of an episode's features.
+
+* **Action spaces** (``ActionConfig.space``):
+
+  - ``"ee_pose"``: absolute end-effector pose in the dataset's world (robot base) frame, per arm
+    ``[x, y, z, R00, R10, R20, R01, R11, R21, gripper…]`` = position (metres), the **6D rotation** (first
+    two columns of the rotation matrix, from ``observation.ee_pose``'s quaternion wxyz) and the gripper
+    feature. 6D is continuous and unique (a quaternion has the q/−q ambiguity, Euler angles and axis-angle
+    wrap at ±π), so a z-score and an MSE on it are well behaved; :func:`ee_vector_to_pose` maps a predicted
+    vector back to xyz + quaternion wxyz (Gram–Schmidt, always a proper rotation). The flange pose is used
+    as recorded (no TCP offset).
+  - ``"joints"``: the vector of feature ``ActionConfig.joint_key``: ``observation.joints`` (absolute joint
+    positions) by default, or the dataset's own ``action`` feature (whatever the robot was commanded, e.g.
+    joint targets, or MetaWorld's ``[dx, dy, dz, grip]``).
+
+* **Chunk**: ``H = chunk_size`` actions ``a[t], a[t+1], …`` spaced ``stride`` frames apart. An *observed*
+  feature (key ``observation.*``) is a target: action ``k`` is the observation at frame ``t + (k+1)·stride``
+  (the pose the robot reached next). A *commanded* feature (any other key, e.g. ``action``) is used as
+  recorded: action ``k`` is the value at frame ``t + k·stride``. Indices past the episode end repeat the
+  last frame's value and are flagged ``action_is_pad`` (excluded from the loss). Frames whose whole chunk
+  would be padding (the last ``stride`` frames for observed targets) are not examples.
+* **State**: for ``"ee_pose"`` the same 6D EE vector at frame t (spec: "state normalised the same way");
+  for ``"joints"`` the joint feature at t when it is an observation, else ``observation.state``
+  (``ActionConfig.state_key`` overrides both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from posevla.data.schema import DEPTH_PREFIX, EE_POSE_KEY, GRIPPER_KEY, IMAGE_PREFIX
+from posevla.errors import ConfigError, DataError
+from posevla.geometry import matrix_to_quat_wxyz, matrix_to_rot6d, quat_wxyz_to_matrix, rot6d_to_matrix
+
+#: Names of the 9 pose dims of one arm in the ``"ee_pose"`` space (the gripper dims follow).
+EE_DIM_NAMES = ("x", "y", "z", "R00", "R10", "R20", "R01", "R11", "R21")
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionConfig:
+    """What the action expert predicts and how examples are cut from episodes (module docstring).
+
+    Attributes:
+        space: ``"ee_pose"`` (absolute EE pose, 6D rotation, + gripper) or ``"joints"``.
+        chunk_size: H, actions per chunk (spec: 16 for RoboTwin post-training).
+        stride: frames between consecutive actions of a chunk (RoboTwin: 3).
+        ee_keys: end-effector pose features, one per arm (``"ee_pose"`` space).
+        gripper_keys: gripper features, one per arm, or empty for no gripper dims (``"ee_pose"`` space).
+        joint_key: the ``"joints"`` space feature: ``observation.joints`` or the dataset's ``action``.
+        state_key: feature used as the state instead of the default (see the module docstring).
+        constant_dims: dims allowed to be constant (std < ``std_eps``): exact names or fnmatch patterns,
+            matched against the bare dim name (``"z"``, ``"R20"``, ``"action[3]"``) and the qualified one
+            (``"actions.z"``, ``"state.z"``). Their std is stored as 1.
+        std_eps: smallest std a dim may have without being listed in ``constant_dims``.
+        cameras: camera names in view order (default: the dataset's camera config).
+        priors: feed the depth / ray priors (spec: off for RoboTwin post-training).
+        plan_arms, plan_horizon: names (``"arm"`` → ``"arm 0"``…) and waypoints per arm of the stage-2
+            plan the VLM decodes when a :class:`~posevla.policy.Policy` is asked for ``return_poses``.
+    """
+
+    space: Literal["ee_pose", "joints"] = "ee_pose"
+    chunk_size: int = 16
+    stride: int = 1
+    ee_keys: tuple[str, ...] = (EE_POSE_KEY,)
+    gripper_keys: tuple[str, ...] = (GRIPPER_KEY,)
+    joint_key: str = "observation.joints"
+    state_key: str | None = None
+    constant_dims: tuple[str, ...] = ()
+    std_eps: float = 1e-6
+    cameras: tuple[str, ...] | None = None
+    priors: bool = True
+    plan_arms: tuple[str, ...] = ("arm",)
+    plan_horizon: int = 5
+
+    def __post_init__(self) -> None:
+        if self.space not in ("ee_pose", "joints"):
+            raise ConfigError(f"action space {self.space!r} is unknown; use 'ee_pose' or 'joints'")
+        for name in ("chunk_size", "stride", "plan_horizon"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"ActionConfig.{name} must be an integer >= 1, got {v!r}")
+        if self.space == "ee_pose":
+            if not self.ee_keys:
+                raise ConfigError("ActionConfig.ee_keys is empty; name the ee-pose feature of each arm")
+            if self.gripper_keys and len(self.gripper_keys) != len(self.ee_keys):
+                raise ConfigError(
+                    f"ActionConfig.gripper_keys {self.gripper_keys} must be empty or one per arm of "
+                    f"ee_keys {self.ee_keys}"
+                )
+        if not self.std_eps > 0:
+            raise ConfigError(f"ActionConfig.std_eps must be positive, got {self.std_eps!r}")
+        # JSON round trips give lists; keep the dataclass hashable and comparable.
+        for name in ("ee_keys", "gripper_keys", "constant_dims", "plan_arms"):
+            object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
+        if self.cameras is not None:
+            object.__setattr__(self, "cameras", tuple(str(c) for c in self.cameras))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ActionConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown ActionConfig fields {unknown}; valid fields: {sorted(known)}")
+        return cls(**d)
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def resolved_state_key(self) -> str | None:
+        """The state feature of the ``"joints"`` space (None: the ``"ee_pose"`` vector is the state)."""
+        if self.state_key is not None:
+            return self.state_key
+        if self.space == "ee_pose":
+            return None
+        return self.joint_key if _is_observed(self.joint_key) else "observation.state"
+
+    def plan_names(self) -> list[str]:
+        """Waypoint names of the stage-2 plan (``"arm 0"`` … in answer order)."""
+        return [f"{arm} {k}" for arm in self.plan_arms for k in range(self.plan_horizon)]
+
+
+def _is_observed(key: str) -> bool:
+    """True for observation features (targets, read one stride ahead); False for commanded ones."""
+    return key.startswith("observation.")
+
+
+def _arm_label(key: str, i: int, n: int) -> str:
+    if n == 1:
+        return ""
+    tail = key[len(EE_POSE_KEY) + 1 :] if key.startswith(EE_POSE_KEY + ".") else f"arm{i}"
+    return tail + "."
+
+
+# ----------------------------------------------------------------------------------------------
+# vectors
+# ----------------------------------------------------------------------------------------------
+
+
+def _require(features: Mapping[str, Any], key: str, record: str, what: str) -> np.ndarray:
+    if key not in features:
+        have = sorted(k for k in features if not k.startswith((IMAGE_PREFIX, DEPTH_PREFIX)))
+        raise DataError(
+            f"{what} needs feature '{key}', which is missing (have {have[:12]})",
+            record=record,
+            field=key,
+            fix="add the feature, or change ActionConfig (space / ee_keys / gripper_keys / joint_key / "
+            "state_key) to features the data has",
+        )
+    arr = np.asarray(features[key])
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"feature '{key}' must be numeric, got dtype {arr.dtype}", record=record, field=key)
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        where = np.argwhere(bad)[0].tolist()
+        raise DataError(
+            f"feature '{key}' holds a non-finite value ({arr[tuple(where)]}) at index {where}",
+            record=record,
+            field=key,
+            fix="clean the recording (NaN / inf cannot be normalised or learned)",
+        )
+    return arr
+
+
+def ee_vector(ee_pose: np.ndarray, gripper: np.ndarray | None = None) -> np.ndarray:
+    """Poses (..., 7) xyz + quaternion wxyz (+ gripper (..., G)) -> (..., 9 + G) ``[xyz, 6D, gripper]``."""
+    p = np.asarray(ee_pose, np.float64)
+    if p.shape[-1] != 7:
+        raise DataError(
+            f"an ee pose is xyz + quaternion wxyz (7 numbers), got shape {p.shape}", field="ee_pose"
+        )
+    q = p[..., 3:7]
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    parts = [p[..., :3], np.asarray(matrix_to_rot6d(quat_wxyz_to_matrix(q)), np.float64)]
+    if gripper is not None:
+        parts.append(np.asarray(gripper, np.float64))
+    return np.concatenate(parts, axis=-1)
+
+
+def ee_vector_to_pose(vec: np.ndarray) -> np.ndarray:
+    """(..., 9 + G) ``[xyz, 6D, gripper]`` -> (..., 7) xyz + quaternion wxyz (w ≥ 0); drops the gripper."""
+    v = np.asarray(vec, np.float64)
+    R = np.asarray(rot6d_to_matrix(v[..., 3:9]), np.float64)
+    return np.concatenate([v[..., :3], np.asarray(matrix_to_quat_wxyz(R), np.float64)], axis=-1)
+
+
+def _ee_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str) -> np.ndarray:
+    """(T, Da) ``"ee_pose"`` vectors of every arm, concatenated."""
+    parts = []
+    for i, key in enumerate(cfg.ee_keys):
+        pose = _require(features, key, record, "the 'ee_pose' action space")
+        grip = None
+        if cfg.gripper_keys:
+            grip = _require(features, cfg.gripper_keys[i], record, "the 'ee_pose' action space")
+            grip = grip[:, None] if grip.ndim == 1 else grip
+        parts.append(ee_vector(pose, grip))
+    return np.concatenate(parts, axis=-1)
+
+
+def _feature_vectors(features: Mapping[str, Any], key: str, record: str, what: str) -> np.ndarray:
+    arr = _require(features, key, record, what)
+    return arr[:, None] if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
+
+
+def action_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str = "episode") -> np.ndarray:
+    """Per-frame action-space vectors (T, Da) of an episode's features (leading dim T), unnormalised."""
+    if cfg.space == "ee_pose":
+        return _ee_vectors(features, cfg, record)
+    return _feature_vectors(features, cfg.joint_key, record, "the 'joints' action space")
+
+
+def state_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str = "episode") -> np.ndarray:
+    """Per-frame state vectors (T, Ds) of features with leading dim T, unnormalised."""
+    key = cfg.resolved_state_key
+    if key is None:
+        return _ee_vectors(features, cfg, record)
+    return _feature_vectors(features, key, record, "the state")
+
+
+def _gripper_width(features: Mapping[str, Any], cfg: ActionConfig, i: int) -> int:
+    if not cfg.gripper_keys:
+        return 0
+    g = np.asarray(features[cfg.gripper_keys[i]])
+    return 1 if g.ndim == 1 else int(np.prod(g.shape[1:]))
+
+
+def _ee_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
+    names = []
+    for i, key in enumerate(cfg.ee_keys):
+        label = _arm_label(key, i, len(cfg.ee_keys))
+        names += [label + n for n in EE_DIM_NAMES]
+        G = _gripper_width(features, cfg, i)
+        names += [label + ("gripper" if G == 1 else f"gripper[{g}]") for g in range(G)]
+    return names
+
+
+def _vector_names(key: str, width: int) -> list[str]:
+    return [f"{key}[{i}]" for i in range(width)]
+
+
+def action_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
+    """Names of the action dims (e.g. ``x … R21 gripper`` or ``action[0] …``)."""
+    if cfg.space == "ee_pose":
+        return _ee_names(features, cfg)
+    return _vector_names(cfg.joint_key, action_vectors(features, cfg).shape[-1])
+
+
+def state_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
+    """Names of the state dims."""
+    key = cfg.resolved_state_key
+    if key is None:
+        return _ee_names(features, cfg)
+    return _vector_names(key, state_vectors(features, cfg).shape[-1])
+
+
+def chunk_indices(
+    t: int, length: int, cfg: ActionConfig, key_observed: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(frame indices (H,), is_pad (H,)) of the chunk at frame t of an episode of `length` frames.
+
+    Observed targets are read one stride ahead (``t + (k+1)·stride``), commanded actions at
+    ``t + k·stride``; indices past the end are clamped to the last frame and flagged as padding.
+    """
+    k = np.arange(cfg.chunk_size, dtype=np.int64) + (1 if key_observed else 0)
+    idx = t + k * cfg.stride
+    return np.minimum(idx, length - 1), idx > length - 1
+
+
+def actions_are_observed(cfg: ActionConfig) -> bool:
+    return True if cfg.space == "ee_pose" else _is_observed(cfg.joint_key)

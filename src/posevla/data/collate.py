@@ -1,0 +1,75 @@
+"""Model-side example layout, the deterministic batch order, and collation into model batches.
+
+The batch order is a pure function of (seed, step): batch `k` of epoch `e` is slice `k` of a
+permutation seeded by (seed, e) (:func:`batch_indices`). A run resumed at step N therefore sees exactly the
+batches a straight run sees, with no sampler state to save beyond the step counter.
+:func:`collate` turns grounding and trajectory examples (same prefix layout) into one model batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from posevla.data.grounding import GroundingExample, stable_seed
+from posevla.data.trajectory import TrajectoryExample
+from posevla.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+    """Model-side facts the data pipeline needs (taken from the model config)."""
+
+    image_size: int
+    num_views: int
+    n_image_tokens: int  # per view
+    prompt_len: int
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tuple[int, np.ndarray]:
+    """(epoch, item indices) of training step `step` (0-based); drops the last partial batch."""
+    per_epoch = num_items // batch_size
+    if per_epoch == 0:
+        raise DataError(
+            f"batch size {batch_size} is larger than the dataset ({num_items} items)",
+            fix="lower --batch-size or generate more scenes",
+        )
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng(stable_seed("order", seed, epoch)).permutation(num_items)
+    return epoch, perm[k * batch_size : (k + 1) * batch_size]
+
+
+def collate(
+    examples: Sequence[GroundingExample | TrajectoryExample],
+    codec,
+    tokenizer,
+    spec: ExampleSpec,
+    *,
+    with_answer: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Turn examples into one model batch (see PoseVLM.compute_loss for the keys).
+
+    Grounding and trajectory examples collate alike (same prefix layout; answers right-padded), so one
+    batch may mix both.
+    """
+    n_img = spec.n_image_tokens * spec.num_views
+    texts = [
+        tokenizer.build_example(
+            ex.prompt,
+            codec.serialize(ex.views) if with_answer else None,
+            n_image_tokens=n_img,
+            prompt_len=spec.prompt_len,
+        )
+        for ex in examples
+    ]
+    batch = tokenizer.collate(texts)
+    batch["pixel_values"] = torch.from_numpy(np.stack([[p.pixels for p in ex.prepared] for ex in examples]))
+    batch["ray"] = torch.from_numpy(np.stack([[p.ray for p in ex.prepared] for ex in examples]))
+    batch["depth"] = torch.from_numpy(np.stack([[p.depth for p in ex.prepared] for ex in examples]))
+    batch["prior_mask"] = torch.tensor(
+        [[float(any(p.has_depth for p in ex.prepared)), 1.0] for ex in examples], dtype=torch.float32
+    )  # (B, 2): [depth, ray]
+    return batch
