@@ -1,4 +1,4 @@
-"""Action-chunk latency: PoseVLAPolicyModel.sample_actions vs transformers' PI0ForConditionalGeneration.
+"""Action-chunk latency: PoseVLA.sample_actions vs transformers' PI0ForConditionalGeneration.
 
 Usage: python benchmarks/bench_expert.py [--configs parity tiny] [--reps 30] [--threads 1] [--json]
 
@@ -14,18 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference π0 lives with the tests
 
 PROMPTS = ["pick up the cup", "open the drawer", "stack"]
 
 
 def _build(name: str):
-    from posevla.models.action_expert import get_expert_config
-    from posevla.models.config import get_model_config
-    from posevla.models.pi0_weights import build_pi0_reference, load_pi0_state_dict
-    from posevla.models.pose_vla import PoseVLAPolicyModel
+    from reference.pi0 import build_pi0_reference
+
+    from posevla.models.config import get_expert_config, get_model_config
+    from posevla.models.pi0_weights import load_pi0_state_dict
+    from posevla.models.pose_vla import PoseVLA
 
     if name == "parity":
         vlm = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, use_priors=False, pose_tags=False)
@@ -35,7 +40,7 @@ def _build(name: str):
     else:
         raise SystemExit(f"unknown config {name!r}; valid: parity, tiny")
     torch.manual_seed(1)
-    ours = PoseVLAPolicyModel.build(vlm, expert).eval()
+    ours = PoseVLA.build(vlm, expert).eval()
     torch.manual_seed(2)
     ref = build_pi0_reference(ours)
     load_pi0_state_dict(ours, ref.state_dict())

@@ -61,13 +61,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from posevla.models import PoseVLM, get_model_config
-    from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
+    from posevla.tokens import BinCounts, BinSpec, PoseCodec, PoseGrammar
     from posevla.runtime import cpu_has_bf16
 
     cfg = get_model_config(args.model)
     rng = np.random.default_rng(0)
     bins = BinSpec.fit(rng.normal(0, 0.2, 1000), rng.uniform(0.3, 1.5, 500), rng.uniform(0.02, 0.3, 1500),
-                       n_trans_xy=256, n_trans_z=256, n_size=256)
+                       BinCounts(trans_xy=256, trans_z=256, size=256))
     codec = PoseCodec(bins)
     torch.manual_seed(0)
     model = PoseVLM.build(cfg, None, codec.vocabulary(), bins=bins)

@@ -8,26 +8,23 @@ import pytest
 import torch
 
 from posevla.errors import CheckpointError, ConfigError, DataError
-from posevla.models.action_expert import (
+from posevla.models.action_expert import joint_attention_mask
+from posevla.models.config import (
     EXPERT_CONFIGS,
     ActionExpertConfig,
     check_expert_pairing,
+    get_expert_config,
+    get_model_config,
+)
+from posevla.models.flow_matching import (
     flow_matching_loss,
     flow_matching_pair,
-    get_expert_config,
-    joint_attention_mask,
     sample_flow_time,
     sinusoidal_time_embedding,
 )
-from posevla.models.config import get_model_config
-from posevla.models.pi0_weights import (
-    build_pi0_reference,
-    expert_config_from_pi0,
-    load_pi0_checkpoint,
-    load_pi0_state_dict,
-    map_pi0_key,
-)
-from posevla.models.pose_vla import PoseVLAPolicyModel
+from posevla.models.pi0_weights import expert_config_from_pi0, load_pi0_checkpoint, load_pi0_state_dict, map_pi0_key
+from posevla.models.pose_vla import PoseVLA
+from reference.pi0 import build_pi0_reference
 
 torch.set_num_threads(1)
 
@@ -36,7 +33,7 @@ VLM_CFG = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, po
 PROMPTS = ["pick up the cup", "open the drawer", "stack"]  # different lengths -> right-padded prefixes
 
 
-def _prefix_batch(policy: PoseVLAPolicyModel, B: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+def _prefix_batch(policy: PoseVLA, B: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     tok, cfg = policy.vlm.tokenizer, policy.vlm.cfg
     ex = [
         tok.build_example(PROMPTS[i % 3], None, n_image_tokens=cfg.n_image_tokens, prompt_len=cfg.prompt_len)
@@ -50,7 +47,7 @@ def _prefix_batch(policy: PoseVLAPolicyModel, B: int = 2, seed: int = 0) -> dict
 
 
 def _train_batch(
-    policy: PoseVLAPolicyModel, B: int = 2, state_dim: int = 5, action_dim: int = 7, seed: int = 0
+    policy: PoseVLA, B: int = 2, state_dim: int = 5, action_dim: int = 7, seed: int = 0
 ):
     batch = _prefix_batch(policy, B, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -60,9 +57,9 @@ def _train_batch(
 
 
 @pytest.fixture(scope="module")
-def policy() -> PoseVLAPolicyModel:
+def policy() -> PoseVLA:
     torch.manual_seed(0)
-    return PoseVLAPolicyModel.build(VLM_CFG, get_expert_config("tiny", chunk_size=4)).eval()
+    return PoseVLA.build(VLM_CFG, get_expert_config("tiny", chunk_size=4)).eval()
 
 
 # -- configs -------------------------------------------------------------------------------------------------
@@ -248,19 +245,19 @@ def test_prefix_kv_computed_once(policy):
 
 def test_gradients_reach_vlm_and_knowledge_insulation():
     torch.manual_seed(0)
-    pol = PoseVLAPolicyModel.build(VLM_CFG, get_expert_config("tiny", chunk_size=4))
+    pol = PoseVLA.build(VLM_CFG, get_expert_config("tiny", chunk_size=4))
     pol.compute_loss(_train_batch(pol))["loss"].backward()
     q = pol.vlm.hf.model.language_model.layers[0].self_attn.k_proj.weight
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert pol.expert.action_in_proj.weight.grad.abs().sum() > 0
-    ki = PoseVLAPolicyModel.build(VLM_CFG, get_expert_config("tiny", chunk_size=4, stop_gradient_to_vlm=True))
+    ki = PoseVLA.build(VLM_CFG, get_expert_config("tiny", chunk_size=4, stop_gradient_to_vlm=True))
     ki.compute_loss(_train_batch(ki))["loss"].backward()
     assert ki.vlm.hf.model.language_model.layers[0].self_attn.k_proj.weight.grad is None
 
 
 def test_overfits_one_batch():
     torch.manual_seed(0)
-    pol = PoseVLAPolicyModel.build(VLM_CFG, get_expert_config("tiny", chunk_size=4)).train()
+    pol = PoseVLA.build(VLM_CFG, get_expert_config("tiny", chunk_size=4)).train()
     batch = _train_batch(pol, B=2, state_dim=4, action_dim=4, seed=3)
     noise = torch.randn(2, 4, 32)
     tau = torch.tensor([0.3, 0.6])
@@ -282,7 +279,7 @@ def test_overfits_one_batch():
 def parity_pair():
     torch.manual_seed(1)
     # π0 has no geometry priors; everything else (views, padding, sizes) as in the tiny policy
-    ours = PoseVLAPolicyModel.build(
+    ours = PoseVLA.build(
         VLM_CFG.replace(use_priors=False),
         get_expert_config("tiny", chunk_size=4, max_state_dim=8, max_action_dim=8),
     ).eval()
@@ -353,7 +350,7 @@ def test_load_pi0_checkpoint_dir(parity_pair, tmp_path):
     expert_cfg = expert_config_from_pi0(tmp_path / "pi0")
     assert (expert_cfg.hidden, expert_cfg.layers, expert_cfg.max_action_dim) == (64, 4, 8)
     torch.manual_seed(5)
-    ours = PoseVLAPolicyModel.build(VLM_CFG.replace(use_priors=False), expert_cfg).eval()
+    ours = PoseVLA.build(VLM_CFG.replace(use_priors=False), expert_cfg).eval()
     load_pi0_checkpoint(ours, tmp_path / "pi0")
     batch, noise, tau = _parity_inputs(ours)
     d_loss, d_act, _ = _parity_diffs(ours, ref, batch, noise, tau)
@@ -392,7 +389,7 @@ def test_load_pi0_checkpoint_dir(parity_pair, tmp_path):
     # the LeRobot layout (leading "model.") loads too; the expert alone leaves the VLM untouched
     lerobot = {f"model.{k}": v for k, v in weights.items()}
     torch.manual_seed(6)
-    fresh = PoseVLAPolicyModel.build(VLM_CFG.replace(use_priors=False), expert_cfg)
+    fresh = PoseVLA.build(VLM_CFG.replace(use_priors=False), expert_cfg)
     vlm_before = {k: v.clone() for k, v in fresh.vlm.state_dict().items()}
     loaded = load_pi0_state_dict(fresh, lerobot, parts=("expert", "projections"))
     assert loaded and all(k.startswith("expert.") for k in loaded)
@@ -402,7 +399,7 @@ def test_load_pi0_checkpoint_dir(parity_pair, tmp_path):
 
 
 def test_eager_and_sdpa_attention_agree(policy):
-    eager = PoseVLAPolicyModel.build(
+    eager = PoseVLA.build(
         VLM_CFG.replace(attn_implementation="eager"), policy.cfg, tokenizer=policy.vlm.tokenizer
     ).eval()
     eager.load_state_dict(policy.state_dict())

@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from posevla.cli import main
 from posevla.data.doctor import detect_format, run_doctor
-from posevla.tokens import BinSpec
+from posevla.tokens import BinCounts, BinSpec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bop_tiny"
 
@@ -161,14 +161,12 @@ def test_planted_bop_problems(bop):
 
 def test_bin_coverage(omni, tmp_path):
     bins = tmp_path / "bins.json"
-    BinSpec.fit(np.linspace(-0.01, 0.01, 50), np.linspace(0.4, 0.5, 50), np.linspace(0.01, 0.02, 50), n_trans_xy=8,
-                n_trans_z=8, n_size=8, n_rot=36, n_loc=16).save(bins)
+    BinSpec.fit(np.linspace(-0.01, 0.01, 50), np.linspace(0.4, 0.5, 50), np.linspace(0.01, 0.02, 50), BinCounts(trans_xy=8, trans_z=8, size=8, rot=36, loc=16)).save(bins)
     rep = run_doctor(omni, bins=bins)
     assert "bin coverage" in rep.checks("error"), rep.table()
     assert {f.field for f in rep.findings if f.check == "bin coverage"} >= {"trans_xy", "size"}
     wide = tmp_path / "wide.json"
-    BinSpec.fit(np.linspace(-5, 5, 50), np.linspace(0.0, 10, 50), np.linspace(0.0, 5, 50), n_trans_xy=8, n_trans_z=8,
-                n_size=8, n_rot=36, n_loc=16).save(wide)
+    BinSpec.fit(np.linspace(-5, 5, 50), np.linspace(0.0, 10, 50), np.linspace(0.0, 5, 50), BinCounts(trans_xy=8, trans_z=8, size=8, rot=36, loc=16)).save(wide)
     assert "bin coverage" not in run_doctor(omni, bins=wide).checks()
 
 

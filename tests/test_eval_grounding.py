@@ -17,7 +17,8 @@ from posevla.eval.grounding import (
     evaluate_grounding,
 )
 from posevla.eval.overlays import draw_boxes, overlay_predictions, save_grid
-from posevla.eval.report import markdown_table, plot_loss_curve, write_html_report
+from posevla.eval.report import markdown_table, write_html_report
+from posevla.training.curves import plot_loss_curve
 
 
 def rot_y(deg: float) -> np.ndarray:

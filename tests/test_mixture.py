@@ -15,6 +15,7 @@ import torch
 from posevla.data.collate import ExampleSpec, batch_indices
 from posevla.data.datasets import GroundingDataset, TrajectoryDataset, iterate_batches
 from posevla.data.mixture import Mixture, build_mixture, per_source_metrics
+from posevla.tokens import BinCounts
 from posevla.data.sources import SourceSpec, bins_coverage, check_sources, detect_source_kind, fit_source_bins, load_source
 from posevla.errors import ConfigError, DataError, TrainingError
 
@@ -53,9 +54,9 @@ def loaded(tiny_dataset):
 @pytest.fixture(scope="module")
 def codec_tok(loaded):
     from posevla.models import PoseTextTokenizer
-    from posevla.tokens import PoseCodec
+    from posevla.tokens import BinCounts, PoseCodec
 
-    codec = PoseCodec(fit_source_bins(loaded, n_trans_xy=16, n_trans_z=16, n_size=16, n_rot=36, n_loc=32))
+    codec = PoseCodec(fit_source_bins(loaded, BinCounts(trans_xy=16, trans_z=16, size=16, rot=36, loc=32)))
     tok = PoseTextTokenizer.build_scratch()
     tok.add_pose_tokens(codec.vocabulary() + [";"])
     return codec, tok
@@ -181,16 +182,16 @@ def test_trajectory_examples_from_lerobot(loaded, codec_tok):
 def test_bins_are_fitted_on_stage1_labels_and_waypoints(loaded):
     from posevla.data.trajectory import collect_waypoint_translations
 
-    kw = dict(n_trans_xy=8, n_trans_z=8, n_size=8, n_rot=12, n_loc=16)
-    both = fit_source_bins([loaded[0], loaded[2]], **kw)
-    only = fit_source_bins([loaded[0]], **kw)
+    kw = BinCounts(trans_xy=8, trans_z=8, size=8, rot=12, loc=16)
+    both = fit_source_bins([loaded[0], loaded[2]], kw)
+    only = fit_source_bins([loaded[0]], kw)
     way = collect_waypoint_translations(loaded[2].robot, config=loaded[2].spec.trajectory_config())
     z = both.edges("trans_z")
     assert z[0] <= way[:, 2].min() and z[-1] >= way[:, 2].max()
     assert not np.array_equal(z, only.edges("trans_z"))
     assert "waypoints from lerobot:lerobot_v3_tiny" in both.description
     with pytest.raises(DataError, match="size"):
-        fit_source_bins([loaded[2]], **kw)
+        fit_source_bins([loaded[2]], kw)
 
 
 def test_detect_source_kind(tiny_dataset):
@@ -233,9 +234,10 @@ def test_cli_fit_bins_over_stage1_and_stage2_data(tiny_dataset, tmp_path, capsys
     from posevla.tokens import BinSpec
 
     out = tmp_path / "bins.json"
-    main(["fit-bins", "--data", str(tiny_dataset), str(LEROBOT), "--out", str(out), "--n-trans-xy", "8",
-          "--n-trans-z", "8", "--n-size", "8"])
+    main(["fit-bins", "--data", str(tiny_dataset), str(LEROBOT), "--out", str(out), "--bins.trans-xy", "8",
+          "--bins.trans-z", "8", "--bins.size", "8"])
     bins = BinSpec.load(out)
+    assert bins.counts == BinCounts(trans_xy=8, trans_z=8, size=8)
     assert "objects from generated:" in bins.description and "waypoints from lerobot:" in bins.description
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
@@ -246,16 +248,19 @@ def test_cli_fit_bins_over_stage1_and_stage2_data(tiny_dataset, tmp_path, capsys
 def test_sources_are_overridable_from_the_cli():
     import tyro
 
-    from posevla.training.config import TrainConfig, get_config
+    from posevla.training.config import TrainConfig
+    from posevla.training.configs import get_config
 
     base = get_config("stage2-tiny")
-    cfg = tyro.cli(TrainConfig, default=base, args=["--sources.1.weight", "3", "--num-workers", "2", "--no-doctor"])
-    assert cfg.sources[1].weight == 3.0 and cfg.sources[0] == base.sources[0]
-    assert cfg.num_workers == 2 and not cfg.doctor
-    assert get_config("debug").data_sources() == (SourceSpec("generated", get_config("debug").train_data),)
+    cfg = tyro.cli(TrainConfig, default=base,
+                   args=["--data.sources.1.weight", "3", "--data.num-workers", "2", "--data.no-doctor"])
+    assert cfg.data.sources[1].weight == 3.0 and cfg.data.sources[0] == base.data.sources[0]
+    assert cfg.data.num_workers == 2 and not cfg.data.doctor
+    debug = get_config("debug")
+    assert debug.data.token_sources() == (SourceSpec("generated", debug.data.train_data),)
     # a resolved config read back from a checkpoint's JSON
-    back = TrainConfig(**{**dataclasses.asdict(cfg), "sources": [dataclasses.asdict(s) for s in cfg.sources]})
-    assert back.sources == cfg.sources
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.data.sources == cfg.data.sources
 
 
 @pytest.mark.slow
@@ -276,9 +281,8 @@ def test_bench_data_reports_loader_and_trainer_throughput(tmp_path, capsys):
 def test_bins_coverage_warns_about_clipped_labels(loaded):
     from posevla.tokens import BinSpec
 
-    kw = dict(n_trans_xy=8, n_trans_z=8, n_size=8, n_rot=12, n_loc=16)
-    assert bins_coverage(loaded, fit_source_bins(loaded, **kw)) == []
-    narrow = BinSpec(np.linspace(-0.01, 0.01, 9), np.linspace(0.5, 0.6, 9), np.linspace(0.01, 1.0, 9), n_rot=12,
-                     n_loc=16)
+    kw = BinCounts(trans_xy=8, trans_z=8, size=8, rot=12, loc=16)
+    assert bins_coverage(loaded, fit_source_bins(loaded, kw)) == []
+    narrow = BinSpec(np.linspace(-0.01, 0.01, 9), np.linspace(0.5, 0.6, 9), np.linspace(0.01, 1.0, 9), n_rot=12, n_loc=16)
     msgs = bins_coverage(loaded, narrow)
     assert any("lerobot:lerobot_v3_tiny" in m and "trans_z" in m and "fit-bins" in m for m in msgs)

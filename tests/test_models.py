@@ -10,16 +10,11 @@ import pytest
 import torch
 
 from posevla.errors import ConfigError, DataError
-from posevla.models import (
-    IGNORE_INDEX,
-    MODEL_CONFIGS,
-    PatchEmbedMlp,
-    PoseTextTokenizer,
-    PoseVLM,
-    get_model_config,
-    to_hf_config,
-)
-from posevla.tokens import BinSpec, PoseCodec, PoseEntry, PoseGrammar, ViewAnswer
+from posevla.models import MODEL_CONFIGS, PoseTextTokenizer, PoseVLM, get_model_config
+from posevla.models.config import to_hf_config
+from posevla.models.priors import PatchEmbedMlp
+from posevla.models.text import IGNORE_INDEX
+from posevla.tokens import BinCounts, BinSpec, PoseCodec, PoseEntry, PoseGrammar, ViewAnswer
 
 torch.set_num_threads(1)
 
@@ -31,7 +26,7 @@ def codec():
     rng = np.random.default_rng(0)
     bins = BinSpec.fit(
         rng.normal(0, 0.3, 500), rng.uniform(0.3, 3.0, 500), rng.uniform(0.02, 0.5, 500),
-        n_trans_xy=64, n_trans_z=64, n_size=32, n_rot=36, description="test",
+        BinCounts(trans_xy=64, trans_z=64, size=32, rot=36), description="test",
     )
     return PoseCodec(bins, num_views=3)
 
@@ -422,7 +417,7 @@ def test_ordinal_loss_prefers_near_misses():
     from posevla.tokens import BinSpec, PoseCodec
 
     bins = BinSpec.fit(np.linspace(-1, 1, 40), np.linspace(0.2, 2, 40), np.linspace(0.01, 0.3, 40),
-                       n_trans_xy=8, n_trans_z=8, n_size=8, n_rot=12, n_loc=16)
+                       BinCounts(trans_xy=8, trans_z=8, size=8, rot=12, loc=16))
     model = PoseVLM.build(get_model_config("tiny"), None, PoseCodec(bins).vocabulary())
     tok = model.tokenizer
     ids = [tok.token_to_id(f"<transZ{k:04d}>") for k in range(8)]

@@ -16,29 +16,32 @@ from posevla.data.actions import ActionDataset
 from posevla.data.normalize import load_norm_stats
 from posevla.data.formats.lerobot import load_lerobot_v3
 from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError
+from posevla.models import build_vlm
 from posevla.policy import ActionChunker, Policy
-from posevla.training.checkpoint import read_checkpoint_meta, resolve_checkpoint, save_checkpoint
-from posevla.training.config import get_config
-from posevla.training.trainer import build_model, train, uniform_bins
+from posevla.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from posevla.training.config import DataConfig, OptimConfig
+from posevla.training.configs import get_config
+from posevla.training.trainer import train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3_tiny"
 ACTION = ActionConfig(constant_dims=("z", "R20", "R21"))  # chunk H = 16, the default
 
 
 def _cfg(out: Path, **kw):
+    cfg = get_config("posttrain-tiny")
     base = dict(
         init_checkpoint=None,
-        train_data=str(FIXTURE),
+        data=DataConfig(train_data=str(FIXTURE)),
         out_dir=str(out),
         steps=2,
         batch_size=2,
         save_every=2,
         log_every=1,
-        warmup_steps=1,
+        optim=dataclasses.replace(cfg.optim, warmup_steps=1),
         progress=False,
         action=ACTION,
     )
-    return dataclasses.replace(get_config("posttrain-tiny"), **{**base, **kw})
+    return dataclasses.replace(cfg, **{**base, **kw})
 
 
 def _losses(out_dir: Path):
@@ -70,8 +73,7 @@ def data(policy) -> ActionDataset:
 def test_posttrain_configs_and_cli_overrides():
     import tyro
 
-    from posevla.models.action_expert import check_expert_pairing, get_expert_config
-    from posevla.models.config import get_model_config
+    from posevla.models.config import check_expert_pairing, get_expert_config, get_model_config
 
     big = get_config("posttrain-paligemma-3b")
     assert (big.objective, big.expert, big.action.chunk_size, big.action.priors) == (
@@ -80,7 +82,7 @@ def test_posttrain_configs_and_cli_overrides():
         16,
         False,
     )
-    check_expert_pairing(get_expert_config(big.expert), get_model_config(big.model))
+    check_expert_pairing(get_expert_config(big.expert), get_model_config(big.model.size))
     tiny = get_config("posttrain-tiny")
     assert tiny.action.chunk_size == 16 and tiny.init_checkpoint is not None
     cfg = tyro.cli(
@@ -94,10 +96,10 @@ def test_posttrain_configs_and_cli_overrides():
 
 
 def test_posttrain_checkpoint_is_self_describing(run):
-    meta = read_checkpoint_meta(run)
-    d = meta["dir"]
-    assert meta["trainer_state"]["step"] == 2
-    conf = meta["config"]
+    saved = load_checkpoint(run)
+    d = saved.dir
+    assert saved.step == 2 and saved.expert is not None and saved.expert.chunk_size == 16
+    conf = json.loads((d / "config.json").read_text())
     assert conf["train"]["objective"] == "actions" and conf["train"]["expert"] == "tiny"
     assert conf["train"]["action"]["chunk_size"] == 16 and conf["expert"]["chunk_size"] == 16
     assert conf["data"]["cameras"] == ["head"] and conf["data"]["image_sizes"] == {"head": [32, 24]}
@@ -105,7 +107,7 @@ def test_posttrain_checkpoint_is_self_describing(run):
     assert space == "ee_pose" and stats["actions"].dim == 10 and stats["state"].dim == 10
     rows = _losses(run)
     assert [s for s, _ in rows] == [1, 2] and all(np.isfinite(loss) for _, loss in rows)
-    assert "device" not in json.dumps(meta["trainer_state"])
+    assert "device" not in json.dumps(saved.trainer_state)
 
 
 def test_posttrain_resume_is_exact(tmp_path):
@@ -120,8 +122,9 @@ def test_vlm_initialised_from_a_pose_checkpoint(tmp_path):
     # a VLM-only (stage-1/2 style) checkpoint: its weights must land in the policy's VLM unchanged
     cfg = _cfg(tmp_path / "post", steps=0)
     torch.manual_seed(123)
-    bins = uniform_bins(cfg)
-    _, _, vlm, tok = build_model(cfg, bins)
+    bins = cfg.bins.uniform()
+    vlm = build_vlm(cfg.model.resolve(), bins)
+    tok = vlm.tokenizer
     save_checkpoint(
         tmp_path / "vlm",
         7,
@@ -215,6 +218,10 @@ def test_checkpoint_without_norm_stats_or_expert(run, tmp_path):
         Policy.from_checkpoint(ckpt)
     conf = json.loads((ckpt / "config.json").read_text())
     conf["train"]["objective"] = "tokens"
+    (ckpt / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match="objective 'tokens' but the 'expert' section is present"):
+        Policy.from_checkpoint(ckpt)
+    del conf["expert"]
     (ckpt / "config.json").write_text(json.dumps(conf))
     with pytest.raises(CheckpointError, match="VLM checkpoint.*no action expert"):
         Policy.from_checkpoint(ckpt)

@@ -11,7 +11,7 @@ import torch
 from posevla.errors import ConfigError
 from posevla.models import PoseVLM, get_model_config
 from posevla.models.pose_tags import PoseTokenTags, ordinal_token_codes
-from posevla.tokens import BinSpec, PoseCodec
+from posevla.tokens import BinCounts, BinSpec, PoseCodec
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def bins() -> BinSpec:
     rng = np.random.default_rng(0)
     return BinSpec.fit(
         rng.normal(0, 0.3, 400), rng.uniform(0.2, 2.0, 400), rng.uniform(0.02, 0.4, 400),
-        n_trans_xy=16, n_trans_z=16, n_size=8, n_rot=12, n_loc=32, description="test",
+        BinCounts(trans_xy=16, trans_z=16, size=8, rot=12, loc=32), description="test",
     )
 
 

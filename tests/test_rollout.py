@@ -10,17 +10,9 @@ import pytest
 from posevla.sim import PolicyOutput
 from posevla.sim.metaworld import expert_chunk_policy, make
 from posevla.errors import ConfigError, DataError
-from posevla.eval.rollout import (
-    VIDEO_FORMAT,
-    draw_waypoints,
-    evaluate,
-    latency_summary,
-    random_policy,
-    rollout,
-    success_summary,
-    waypoint_overlay,
-    wilson_interval,
-)
+from posevla.eval.card import latency_summary, success_summary, wilson_interval
+from posevla.eval.rollout import evaluate, random_policy, rollout
+from posevla.eval.video import VIDEO_FORMAT, draw_waypoints, waypoint_overlay
 
 SMALL = {"image_size": 64, "cameras": {"head": "corner", "wrist": "gripperPOV"}}
 

@@ -64,7 +64,7 @@ def test_prepare_view_rejects_bad_images(rgb, depth, match):
 def test_grounding_example_from_generated_scene(tiny_dataset):
     from posevla.data.formats.omni3d import load_omni3d
     from posevla.data.grounding import build_grounding_example, scene_categories
-    from posevla.tokens import BinSpec, PoseCodec
+    from posevla.tokens import BinCounts, BinSpec, PoseCodec
 
     scenes = load_omni3d(tiny_dataset / "dataset.json")
     lf = LabelFilter()
@@ -79,7 +79,7 @@ def test_grounding_example_from_generated_scene(tiny_dataset):
         z = [e.translation[2] for e in v.entries]
         assert z == sorted(z)  # near -> far
         assert (v.no_object == cat) == (not v.entries)
-    bins = BinSpec.fit(np.linspace(-1, 1, 50), np.linspace(0.1, 2, 50), np.linspace(0.01, 0.4, 50), n_trans_xy=32, n_trans_z=32, n_size=32)
+    bins = BinSpec.fit(np.linspace(-1, 1, 50), np.linspace(0.1, 2, 50), np.linspace(0.01, 0.4, 50), BinCounts(trans_xy=32, trans_z=32, size=32))
     codec = PoseCodec(bins)
     text = codec.serialize(ex.views)
     back = codec.parse(text)
@@ -88,7 +88,8 @@ def test_grounding_example_from_generated_scene(tiny_dataset):
 
 def test_cached_views_and_prefetch_give_identical_batches(tiny_dataset):
     """The view cache and the prefetch thread change speed only: batches are bit-identical."""
-    from posevla.data.fitting import fit_bins
+    from posevla.data.fitting import collect_labels, fit_bins
+    from posevla.tokens import BinCounts
     from posevla.data.collate import ExampleSpec
     from posevla.data.datasets import GroundingDataset, iterate_batches
     from posevla.data.formats.omni3d import load_omni3d
@@ -96,7 +97,7 @@ def test_cached_views_and_prefetch_give_identical_batches(tiny_dataset):
     from posevla.tokens import PoseCodec
 
     scenes = load_omni3d(tiny_dataset / "dataset.json")
-    codec = PoseCodec(fit_bins(scenes, n_trans_xy=16, n_trans_z=16, n_size=16, n_rot=36, n_loc=32))
+    codec = PoseCodec(fit_bins(collect_labels(scenes), BinCounts(trans_xy=16, trans_z=16, size=16, rot=36, loc=32)))
     tok = PoseTextTokenizer.build_scratch()
     tok.add_pose_tokens(codec.vocabulary() + [";"])
     spec = ExampleSpec(image_size=64, num_views=3, n_image_tokens=16, prompt_len=16)

@@ -11,6 +11,7 @@ import pytest
 
 from posevla.errors import DataError, PoseParseError
 from posevla.tokens import (
+    BinCounts,
     BinSpec,
     PoseCodec,
     PoseEntry,
@@ -31,7 +32,7 @@ def fitted() -> BinSpec:
     xy = rng.normal(0.0, 0.5, size=(4000, 2))
     z = rng.uniform(0.3, 6.0, size=4000)
     size = rng.lognormal(-1.5, 0.6, size=(4000, 3))
-    return BinSpec.fit(xy, z, size, n_trans_xy=256, n_trans_z=256, n_size=128, description="synthetic")
+    return BinSpec.fit(xy, z, size, BinCounts(trans_xy=256, trans_z=256, size=128), description="synthetic")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_fit_with_duplicates_gives_strictly_increasing_edges() -> None:
     rng = np.random.default_rng(2)
     z = np.concatenate([np.full(3000, 1.0), np.full(500, 2.5), rng.uniform(0.5, 4, 200), np.full(800, 4.0)])
     const = np.full(100, 0.2)
-    spec = BinSpec.fit(z, z, const, n_trans_xy=512, n_trans_z=64, n_size=32)
+    spec = BinSpec.fit(z, z, const, BinCounts(trans_xy=512, trans_z=64, size=32))
     for fam in ("trans_xy", "trans_z", "size"):
         e = spec.edges(fam)
         assert np.all(np.diff(e) > 0), fam
@@ -103,7 +104,7 @@ def test_binspec_save_load_and_fingerprint(tmp_path, fitted: BinSpec) -> None:
     loaded = BinSpec.load(p)
     assert loaded == fitted and loaded.fingerprint() == fitted.fingerprint()
     assert np.array_equal(loaded.edges("size"), fitted.edges("size"))
-    other = BinSpec.fit([0.0, 1.0], [1.0, 2.0], [0.1, 0.2], n_trans_xy=8, n_trans_z=8, n_size=8)
+    other = BinSpec.fit([0.0, 1.0], [1.0, 2.0], [0.1, 0.2], BinCounts(trans_xy=8, trans_z=8, size=8))
     assert other.fingerprint() != fitted.fingerprint() and len(fitted.fingerprint()) == 16
 
 
@@ -410,7 +411,7 @@ def test_grammar_entry_bound_caps_the_answer_length():
     from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
 
     bins = BinSpec.fit(np.linspace(-1, 1, 30), np.linspace(0.2, 2, 30), np.linspace(0.01, 0.3, 30),
-                       n_trans_xy=4, n_trans_z=4, n_size=4, n_rot=8, n_loc=8)
+                       BinCounts(trans_xy=4, trans_z=4, size=4, rot=8, loc=8))
     codec = PoseCodec(bins)
     vocab = codec.vocabulary() + [";"]
     token_ids = {t: i for i, t in enumerate(vocab)}

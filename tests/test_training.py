@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from posevla.errors import CheckpointError, TrainingError
-from posevla.training.checkpoint import read_checkpoint_meta, resolve_checkpoint
-from posevla.training.config import get_config
+from posevla.training.checkpoint import load_checkpoint, resolve_checkpoint
+from posevla.training.config import DataConfig, ModelChoice
+from posevla.training.configs import get_config
 from posevla.training.trainer import train
 
 
-def _cfg(data, out, **kw):
-    return dataclasses.replace(get_config("debug"), train_data=str(data), out_dir=str(out), **kw)
+def _cfg(data, out, *, sources=(), num_views=None, num_workers=0, doctor=True, **kw):
+    base = get_config("debug")
+    data_cfg = DataConfig(train_data=str(data), sources=sources, num_workers=num_workers, doctor=doctor)
+    return dataclasses.replace(base, data=data_cfg, model=ModelChoice(num_views=num_views), out_dir=str(out), **kw)
 
 
 def _losses(out_dir):
@@ -35,16 +38,18 @@ def test_resume_is_exact(tiny_dataset, tmp_path):
 
 def test_checkpoint_is_self_describing(tiny_dataset, tmp_path):
     res = train(_cfg(tiny_dataset, tmp_path / "run", steps=2, save_every=1))
-    meta = read_checkpoint_meta(tmp_path / "run")
-    assert meta["trainer_state"]["step"] == 2
-    assert meta["config"]["train"]["name"] == "debug"
-    assert "edges" in json.dumps(meta["bins"])
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved.step == 2 and saved.trainer_state["step"] == 2
+    assert saved.train.name == "debug" and saved.train == _cfg(tiny_dataset, tmp_path / "run", steps=2, save_every=1)
+    assert saved.model.name == "tiny" and saved.expert is None and saved.bins.counts.rot == 72
+    conf = json.loads((res.checkpoint / "config.json").read_text())
+    assert set(conf) == {"train", "model", "data"} and "categories" in conf["data"]
     for f in ("model.safetensors", "optimizer.pt", "rng.pt", "versions.json", "tokenizer"):
         assert (res.checkpoint / f).exists(), f
     # only `keep_checkpoints` step dirs remain, no temporary leftovers
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["latest.json", "step_0000001", "step_0000002"]
-    assert "device" not in json.dumps(meta["trainer_state"])
+    assert "device" not in json.dumps(saved.trainer_state)
     assert (tmp_path / "run" / "loss_curve.png").exists()
 
 
@@ -56,7 +61,7 @@ def test_non_finite_loss_stops_and_keeps_last_good(tiny_dataset, tmp_path):
         train(_cfg(tiny_dataset, tmp_path / "run", steps=4, save_every=1), loss_hook=hook)
     ckpt = resolve_checkpoint(tmp_path / "run")
     assert ckpt.name == "step_0000002"
-    assert read_checkpoint_meta(ckpt)["trainer_state"]["step"] == 2
+    assert load_checkpoint(ckpt).step == 2
 
 
 def test_missing_and_corrupt_checkpoints_raise(tmp_path):
@@ -66,7 +71,7 @@ def test_missing_and_corrupt_checkpoints_raise(tmp_path):
     d.mkdir(parents=True)
     (tmp_path / "checkpoints" / "latest.json").write_text(json.dumps({"dir": "step_0000001", "step": 1}))
     with pytest.raises(CheckpointError, match="incomplete"):
-        read_checkpoint_meta(tmp_path)
+        load_checkpoint(tmp_path)
 
 
 def test_unknown_config_suggests_names():
@@ -82,6 +87,7 @@ def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, cap
     from pathlib import Path
 
     from posevla.data.sources import SourceSpec
+    from posevla.training.config import OptimConfig
 
     fixtures = Path(__file__).parent / "fixtures"
     stage1 = train(_cfg(tiny_dataset, tmp_path / "s1", steps=1, save_every=1))
@@ -92,9 +98,11 @@ def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, cap
     )
 
     def cfg(out, steps, **kw):
+        base = get_config("stage2-tiny")
         return dataclasses.replace(
-            get_config("stage2-tiny"), init_checkpoint=str(stage1.checkpoint), sources=sources, out_dir=str(out),
-            steps=steps, batch_size=3, warmup_steps=1, log_every=1, save_every=2, progress=False, **kw,
+            base, init_checkpoint=str(stage1.checkpoint), data=DataConfig(sources=sources, **kw), out_dir=str(out),
+            steps=steps, batch_size=3, optim=OptimConfig(lr=base.optim.lr, warmup_steps=1), log_every=1,
+            save_every=2, progress=False,
         )
 
     train(cfg(tmp_path / "a", 4))
@@ -115,8 +123,8 @@ def test_stage2_mixture_resume_is_exact_with_workers(tiny_dataset, tmp_path, cap
         assert sum(m["loss"] * m["tokens"] for m in r["sources"].values()) / tot == pytest.approx(r["loss"], rel=1e-4)
         assert sum(m["samples"] for m in r["sources"].values()) == 3
     resolved = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert [s["name"] for s in resolved["sources"]] == [s.label for s in sources]
-    assert read_checkpoint_meta(tmp_path / "a")["bins"] == read_checkpoint_meta(stage1.checkpoint)["bins"]
+    assert [s["name"] for s in resolved["data"]["sources"]] == [s.label for s in sources]
+    assert load_checkpoint(tmp_path / "a").bins == load_checkpoint(stage1.checkpoint).bins
 
 
 def test_trainer_refuses_sources_the_doctor_rejects(tiny_dataset, tmp_path):
@@ -163,7 +171,8 @@ def test_given_2d_forces_the_true_objects_and_anchors(tiny_dataset, tmp_path):
 
     from posevla.data.formats.omni3d import load_omni3d
     from posevla.data.grounding import LabelFilter, build_grounding_example, scene_categories
-    from posevla.eval.predict import GivenAnchorGrammar, GroundingPredictor
+    from posevla.eval.predict import GroundingPredictor
+    from posevla.tokens import GivenAnchorGrammar
 
     res = train(_cfg(tiny_dataset, tmp_path / "run", steps=1, save_every=1))
     p = GroundingPredictor(res.checkpoint)
@@ -199,8 +208,7 @@ def test_given_2d_forces_the_true_objects_and_anchors(tiny_dataset, tmp_path):
 def test_stage_with_fewer_views_initialises_a_three_view_stage(tiny_dataset, tmp_path):
     """`num_views` changes the image slots, not the weights: a 1-view checkpoint starts a 3-view run."""
     one = train(_cfg(tiny_dataset, tmp_path / "one", steps=1, save_every=1, num_views=1))
-    meta = read_checkpoint_meta(one.checkpoint)
-    assert meta["config"]["model"]["num_views"] == 1
+    assert load_checkpoint(one.checkpoint).model.num_views == 1
     three = train(_cfg(tiny_dataset, tmp_path / "three", steps=1, save_every=1, init_checkpoint=str(one.checkpoint)))
-    assert read_checkpoint_meta(three.checkpoint)["config"]["model"]["num_views"] == 3
+    assert load_checkpoint(three.checkpoint).model.num_views == 3
     assert torch.isfinite(torch.tensor(three.final_loss))

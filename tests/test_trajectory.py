@@ -19,7 +19,7 @@ from posevla.data.trajectory import (
 )
 from posevla.errors import DataError
 from posevla.geometry import euler_xyz_to_matrix
-from posevla.tokens import BinSpec, PoseCodec
+from posevla.tokens import BinCounts, BinSpec, PoseCodec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lerobot_v3_tiny"
 H, W, S = 48, 64, 32
@@ -197,9 +197,7 @@ def _codec(translations: np.ndarray) -> PoseCodec:
         translations[:, :2],
         translations[:, 2],
         np.linspace(0.01, 1.0, 50),
-        n_trans_xy=256,
-        n_trans_z=256,
-        n_size=16,
+        BinCounts(trans_xy=256, trans_z=256, size=16),
     )
     return PoseCodec(bins, num_views=3)
 

@@ -6,7 +6,7 @@
   posevla metaworld-demos --tasks T [T ...] --out DIR   scripted-expert MetaWorld demos as a LeRobot v3 dataset
   posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...)
   posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
-  posevla eval sim --checkpoint C --tasks T [T ...]   closed-loop success of a post-trained policy (MetaWorld)
+  posevla eval sim --checkpoint C --tasks T [T ...]   closed-loop success of a post-trained policy (--env metaworld)
   posevla tokens report --bins B --data D         per-family quantisation error and bin usage
   posevla fit-bins --data D [D ...] --out B.json  fit the pose-token bins on datasets (3D boxes + robot waypoints)
   posevla doctor PATH [--bins B]                  check a dataset's conventions and units (Omni3D, BOP, LeRobot)
@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Literal
 
 import tyro
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from posevla.sim import ENVS, REPLAN_EVERY
+from posevla.sim.demos import ExpertDemoConfig
+from posevla.tokens import BinCounts
+
+#: The simulators of the env registry, as a CLI choice.
+EnvName = Literal[tuple(ENVS)]  # type: ignore[valid-type]
 
 
 def _demo(argv: list[str]) -> None:
@@ -56,45 +60,30 @@ def _generate(argv: list[str]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaWorldDemosArgs:
+class ExpertDemosArgs:
     out: str
     """Output dataset directory (LeRobot v3); must be new or empty unless --overwrite."""
-    tasks: tuple[str, ...] = ("reach-v3",)
-    """MetaWorld v3 task names (the -v3 may be left out)."""
-    episodes_per_task: int = 10
-    """Successful episodes wanted per task (failed expert attempts are counted, never written)."""
-    seed: int = 0
-    """Seed of each task's first attempt; attempt k uses seed + k."""
-    image_size: int = 128
-    depth: bool = True
-    """Store metric depth per camera."""
-    max_steps: int = 500
-    frames_after_success: int = 10
-    max_attempts: int | None = None
-    """Attempts per task before giving up (default 2 * episodes-per-task + 5)."""
+    demos: tyro.conf.OmitArgPrefixes[ExpertDemoConfig] = ExpertDemoConfig(tasks=("reach-v3",))
+    """What to record: tasks, episodes per task, seeds, image size, depth, step limits."""
     overwrite: bool = False
     progress: bool = True
 
 
 def _metaworld_demos(argv: list[str]) -> None:
-    from posevla.sim.demos import ExpertDemoConfig, write_expert_demos
+    from posevla.eval.report import markdown_table
+    from posevla.sim.demos import write_expert_demos
 
-    a = tyro.cli(MetaWorldDemosArgs, args=argv, prog="posevla metaworld-demos")
-    cfg = ExpertDemoConfig(tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed, image_size=a.image_size,
-                     depth=a.depth, max_steps=a.max_steps, frames_after_success=a.frames_after_success,
-                     max_attempts=a.max_attempts)
-    rep = write_expert_demos(a.out, cfg, overwrite=a.overwrite, progress=a.progress)
+    a = tyro.cli(ExpertDemosArgs, args=argv, prog="posevla metaworld-demos")
+    rep = write_expert_demos(a.out, a.demos, overwrite=a.overwrite, progress=a.progress)
     rows = [{"task": t, **{k: v[k] for k in ("successes", "attempts", "failures", "frames")}}
             for t, v in rep.per_task.items()]
-    from posevla.eval.report import markdown_table
-
     print(markdown_table(rows))
     print(f"{rep.successes} demos in {rep.seconds:.1f}s ({rep.demos_per_min:.1f} demos/min, "
           f"{rep.steps_per_s:.1f} env steps/s); wrote {a.out}")
 
 
 def _train(argv: list[str]) -> None:
-    from posevla.training.config import CONFIGS, get_config
+    from posevla.training.configs import CONFIGS, get_config
     from posevla.training.trainer import train
 
     if not argv or argv[0].startswith("-"):
@@ -132,12 +121,13 @@ class EvalSimArgs:
     """Post-training checkpoint (a step_* dir, or a run dir with checkpoints/latest.json)."""
     tasks: tuple[str, ...]
     """Tasks of the simulator (MetaWorld v3 names, e.g. reach-v3 drawer-close-v3)."""
-    env: Literal["metaworld"] = "metaworld"
+    env: EnvName = "metaworld"
+    """The simulator (the env registry, posevla.sim.ENVS)."""
     episodes_per_task: int = 10
     seed: int = 100_000
     """First environment seed of every task (seed, seed + 1, ...); must not be a training demo's seed."""
-    replan_every: int = 8
-    """Actions executed from each predicted chunk before the policy is queried again."""
+    replan_every: int | None = REPLAN_EVERY
+    """Actions executed from each predicted chunk before the policy is queried again (None = the whole chunk)."""
     max_steps: int | None = None
     """Step limit of an episode (default: the simulator's, 500 for MetaWorld)."""
     out: str | None = None
@@ -151,11 +141,11 @@ class EvalSimArgs:
 
 def _eval_sim(argv: list[str]) -> None:
     from posevla.eval.report import markdown_table
-    from posevla.pipeline import evaluate_policy_checkpoint
+    from posevla.eval.sim import evaluate_policy_checkpoint
 
     a = tyro.cli(EvalSimArgs, args=argv, prog="posevla eval sim")
     card = evaluate_policy_checkpoint(
-        a.checkpoint, tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed,
+        a.checkpoint, env=a.env, tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed,
         replan_every=a.replan_every, max_steps=a.max_steps, out_dir=a.out, videos_per_task=a.videos_per_task,
         image_size=a.image_size, device=a.device, progress=a.progress,
     )
@@ -227,26 +217,21 @@ class FitBinsArgs:
     config: str | None = None
     """Use the data sources of this training config (with --data: in addition)."""
     out: str = "bins.json"
-    n_trans_xy: int = 2048
-    n_trans_z: int = 2048
-    n_size: int = 2048
-    n_rot: int = 360
-    n_loc: int = 1024
+    bins: BinCounts = BinCounts()
+    """Token counts of the pose families (default: the paper's)."""
 
 
 def _fit_bins(argv: list[str]) -> None:
     from posevla.data.sources import SourceSpec, detect_source_kind, fit_source_bins, load_source
     from posevla.errors import ConfigError
-    from posevla.training.config import get_config
+    from posevla.training.configs import get_config
 
     a = tyro.cli(FitBinsArgs, args=argv, prog="posevla fit-bins")
-    sources = list(get_config(a.config).data_sources()) if a.config else []
+    sources = list(get_config(a.config).data.token_sources()) if a.config else []
     sources += [SourceSpec(detect_source_kind(p), p) for p in a.data]
     if not sources:
         raise ConfigError("fit-bins needs --data DATASET [DATASET ...] or --config NAME")
-    loaded = [load_source(s) for s in sources]
-    bins = fit_source_bins(loaded, n_trans_xy=a.n_trans_xy, n_trans_z=a.n_trans_z, n_size=a.n_size, n_rot=a.n_rot,
-                           n_loc=a.n_loc)
+    bins = fit_source_bins([load_source(s) for s in sources], a.bins)
     bins.save(a.out)
     print(f"wrote {a.out} ({bins.description})")
 

@@ -1,17 +1,15 @@
-"""`posevla demo`: the main job, end to end on the embedded data, on a laptop CPU.
+"""`posevla demo`: the main job, end to end on the embedded data, on a laptop CPU. This module holds its phases.
 
-  generate MuJoCo tabletop scenes (train / held-out)  →  fit pose-token bins (+ quantisation report)
+  generate MuJoCo tabletop scenes (train / held-out)  →  scripted-expert MetaWorld demos (LeRobot v3)
+  →  fit pose-token bins on the scenes and the demos' waypoints (+ quantisation report)
   →  stage-1 pre-training of the tiny PoseVLM  →  3D grounding evaluation (model vs category-mean
-  baseline, same run)
-  →  scripted-expert MetaWorld demos (LeRobot v3)  →  stage 2 (waypoints + stage-1 scenes, from the
-  stage-1 checkpoint)  →  post-training of the action expert twice with the same budget: from the stage-2
-  checkpoint ("pose_pretrained") and from scratch ("scratch")  →  closed-loop MetaWorld evaluation of
-  both on the same environment seeds (Wilson 95 % intervals)
-  →  runs/demo/report.html + runs/demo/summary.json
+  baseline, same run)  →  stage 2 (waypoints + stage-1 scenes, from the stage-1 checkpoint)
+  →  post-training of the action expert twice with the same budget: from the stage-2 checkpoint
+  ("pose_pretrained") and from scratch ("scratch")  →  closed-loop MetaWorld evaluation of both on the
+  same environment seeds (Wilson 95 % intervals)  →  runs/demo/report.html + runs/demo/summary.json
 
-Every phase is timed; the summary follows the contract in the project's contracts
-("The demo's summary"). Re-running reuses generated scenes and demos when their parameters match.
-:func:`evaluate_policy_checkpoint` is the closed-loop evaluation shared with `posevla eval sim`.
+Every phase is timed; the summary follows the contract in the project's contracts ("The demo's summary";
+`posevla.eval.demo_report`). Re-running reuses generated scenes and demos when their parameters match.
 """
 
 from __future__ import annotations
@@ -22,9 +20,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posevla.sim.objects import category_names
+from posevla.data.actions import constant_dims
+from posevla.data.fitting import collect_labels
+from posevla.data.formats.lerobot import load_lerobot_v3
+from posevla.data.formats.omni3d import load_omni3d
+from posevla.data.sources import SourceSpec, fit_source_bins, load_source
 from posevla.errors import ConfigError
-from posevla.training.checkpoint import package_versions
+from posevla.eval.demo_report import demo_summary, write_demo_report
+from posevla.eval.predict import evaluate_checkpoint
+from posevla.eval.sim import evaluate_policy_checkpoint
+from posevla.sim import REPLAN_EVERY, resolve_task
+from posevla.sim.demos import REPORT_FILE, ExpertDemoConfig, write_expert_demos
+from posevla.sim.objects import category_names
+from posevla.sim.tabletop import GENERATOR_VERSION, generate_dataset
+from posevla.tokens import BinSpec
+from posevla.tokens.report import format_report, quantization_report
+from posevla.training.configs import get_config
+from posevla.training.config import TrainConfig
+from posevla.training.curves import plot_loss_curve
+from posevla.training.trainer import TrainResult, train
+
+__all__ = ["DEFAULT_TASKS", "DEMO_CATEGORIES", "DemoConfig", "quick_config", "short_run", "run_demo"]
 
 #: MetaWorld tasks of the demo: the scripted experts solve every seed tried (0-3) in 55-90 frames, and
 #: each needs only a reach/push along one direction, which a small policy can plausibly learn.
@@ -100,9 +116,9 @@ class DemoConfig:
     """First environment seed of the closed-loop evaluation (never one of the demos' seeds)."""
     eval_max_steps: int = 100
     """Step limit of an evaluation episode (the experts need 55-90 steps on the default tasks)."""
-    replan_every: int = 16
-    """Actions executed from each predicted 16-step chunk before the policy is queried again (16 = the whole
-    chunk, as the paper deploys; fewer reacts faster but costs a query each time)."""
+    replan_every: int | None = REPLAN_EVERY
+    """Actions executed from each predicted 16-step chunk before the policy is queried again (default: the
+    whole chunk, as the paper deploys; fewer reacts faster but costs a query each time)."""
     videos_per_task: int = 1
     quick: bool = False
     """Tiny smoke run (for CI / tests): few scenes, few steps, one task. Numbers are not meaningful."""
@@ -118,8 +134,6 @@ def quick_config(cfg: DemoConfig) -> DemoConfig:
 
 
 def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
-    from posevla.sim.tabletop import GENERATOR_VERSION, generate_dataset
-
     marker = root / "generation.json"
     want = {
         "num_scenes": n,
@@ -144,7 +158,7 @@ def _generate(root: Path, n: int, seed: int, cfg: DemoConfig) -> dict[str, Any]:
 
 def _demo_seed_ranges_overlap(cfg: DemoConfig) -> None:
     """The evaluation seeds must not be seeds the demos could have used (attempt k = seed + k)."""
-    attempts = 2 * cfg.demos_per_task + 5  # metaworld_demos' default attempt limit
+    attempts = 2 * cfg.demos_per_task + 5  # ExpertDemoConfig.attempts_per_task's default attempt limit
     demo = range(cfg.seed, cfg.seed + attempts)
     ev = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task)
     if demo.start < ev.stop and ev.start < demo.stop:
@@ -156,10 +170,8 @@ def _demo_seed_ranges_overlap(cfg: DemoConfig) -> None:
 
 def _write_demos(root: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Scripted-expert demos at `root` (LeRobot v3); reused when a previous run wrote the same ones."""
-    from posevla.sim.demos import REPORT_FILE, ExpertDemoConfig, write_expert_demos
-
     mw = ExpertDemoConfig(tasks=cfg.tasks, episodes_per_task=cfg.demos_per_task, seed=cfg.seed,
-                             image_size=cfg.demo_image_size)
+                          image_size=cfg.demo_image_size)
     want = {"tasks": list(mw.tasks), "episodes_per_task": mw.episodes_per_task, "seed": mw.seed,
             "image_size": mw.image_size, "depth": mw.depth, "max_steps": mw.max_steps,
             "frames_after_success": mw.frames_after_success}
@@ -169,132 +181,40 @@ def _write_demos(root: Path, cfg: DemoConfig) -> dict[str, Any]:
         if {k: have.get("config", {}).get(k) for k in want} == want:
             print(f"[demo] reusing {root} ({have['successes']} MetaWorld demos)")
             return have | {"reused": True}
-    rep = write_expert_demos(root, mw, overwrite=True, progress=cfg.progress)
-    return rep.to_dict()
-
-
-def constant_action_dims(root: str | Path, action_cfg: Any) -> tuple[str, ...]:
-    """Qualified names (``actions.action[3]``, ``state.observation.state[4]``) of the dims that are constant
-    in a LeRobot dataset under `action_cfg` (e.g. a gripper command a task never changes).
-
-    Post-training z-scores every dim; a constant one is only centred once it is listed in
-    ``ActionConfig.constant_dims``, which is what the demo does with this list.
-    """
-    import numpy as np
-
-    from posevla.data.action_space import action_names, action_vectors, state_names, state_vectors
-    from posevla.data.formats.lerobot import load_lerobot_v3
-
-    ds = load_lerobot_v3(root)
-    episodes = [ds.episode(e, images=False).features for e in range(ds.num_episodes)]
-    out: list[str] = []
-    for feature, vectors, names in (("actions", action_vectors, action_names), ("state", state_vectors, state_names)):
-        x = np.concatenate([vectors(f, action_cfg, f"episode {i}") for i, f in enumerate(episodes)])
-        std = x.std(0)
-        out += [f"{feature}.{n}" for n, sd in zip(names(episodes[0], action_cfg), std, strict=True)
-                if not sd >= action_cfg.std_eps]
-    return tuple(out)
-
-
-def _check_eval_seeds(train_data: str | Path, tasks: tuple[str, ...], seed: int, episodes: int) -> None:
-    """Refuse evaluation seeds that were training demos of the same task (when the demos say so)."""
-    from posevla.sim.demos import REPORT_FILE
-
-    report = Path(train_data) / REPORT_FILE
-    if not report.is_file():
-        return
-    used = {(e["task"], int(e["seed"])) for e in json.loads(report.read_text()).get("episodes", [])}
-    clash = sorted((t, s) for t in tasks for s in range(seed, seed + episodes) if (t, s) in used)
-    if clash:
-        raise ConfigError(
-            f"evaluation seeds {seed}..{seed + episodes - 1} include training demos of the checkpoint "
-            f"({', '.join(f'{t} seed {s}' for t, s in clash[:5])}); pass --seed 100000 or another unused range"
-        )
-
-
-def evaluate_policy_checkpoint(
-    checkpoint: str | Path,
-    *,
-    tasks: tuple[str, ...] | list[str],
-    episodes_per_task: int,
-    seed: int = 100_000,
-    replan_every: int = 8,
-    max_steps: int | None = None,
-    out_dir: str | Path | None = None,
-    videos_per_task: int = 1,
-    image_size: int | None = None,
-    device: str = "auto",
-    policy_name: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Closed-loop MetaWorld evaluation of a post-trained checkpoint (`posevla eval sim`, the demo).
-
-    Loads :class:`posevla.policy.Policy` from `checkpoint`, builds each task's environment with the
-    training data's image size (or `image_size`) and runs :func:`posevla.eval.rollout.evaluate`; seeds are
-    ``seed, seed + 1, ...`` for every task. Returns the eval card (written to `out_dir` when given).
-
-    Raises:
-        ConfigError: unknown task, or evaluation seeds that were demos the checkpoint was trained on.
-        CheckpointError: a missing checkpoint, or one without an action expert.
-    """
-    from posevla.sim.metaworld import make, resolve_task
-    from posevla.eval.rollout import evaluate
-    from posevla.policy import Policy
-
-    if isinstance(tasks, str) or not tasks:
-        raise ConfigError(f"name at least one MetaWorld task, got {tasks!r}")
-    tasks = tuple(resolve_task(t) for t in tasks)  # unknown names fail before the model loads
-    policy = Policy.from_checkpoint(checkpoint, device=device, seed=0)
-    _check_eval_seeds(policy.train_config.train_data, tasks, seed, episodes_per_task)
-    if image_size is not None:
-        size: int | tuple[int, int] = image_size
-    else:
-        w, h = policy.image_sizes.get(policy.cameras[0], (128, 128))
-        size = (int(h), int(w))
-
-    def make_env(task: str) -> Any:
-        return make(task, image_size=size, max_steps=max_steps)
-
-    return evaluate(
-        make_env, policy, tasks=tasks, episodes_per_task=episodes_per_task, seeds=seed,
-        replan_every=replan_every, out_dir=out_dir, videos_per_task=videos_per_task, env_name="metaworld",
-        policy_name=policy_name or str(policy.checkpoint), checkpoint=policy.checkpoint,
-        extra={"train_config": policy.train_config.name, "init_checkpoint": policy.train_config.init_checkpoint},
-        progress=progress,
-    )
+    return write_expert_demos(root, mw, overwrite=True, progress=cfg.progress).to_dict()
 
 
 def _fit_demo_bins(out: Path, train_dir: Path, lerobot_dir: Path) -> Path:
     """Token bins fitted over the stage-1 scenes and the stage-2 demo waypoints, saved as `out/bins.json`."""
-    from posevla.data.sources import SourceSpec, fit_source_bins, load_source
-    from posevla.training.config import get_config
-
     s1, s2 = get_config("stage1-tiny"), get_config("stage2-tiny")
-    lerobot_spec = next(sp for sp in s2.sources if sp.kind == "lerobot")
+    lerobot_spec = next(sp for sp in s2.data.sources if sp.kind == "lerobot")
     loaded = [
         load_source(SourceSpec(kind="generated", path=str(train_dir))),
         load_source(dataclasses.replace(lerobot_spec, path=str(lerobot_dir))),
     ]
-    bins = fit_source_bins(
-        loaded,
-        n_trans_xy=s1.n_trans_xy,
-        n_trans_z=s1.n_trans_z,
-        n_size=s1.n_size,
-        n_rot=s1.n_rot,
-        n_loc=s1.n_loc,
-        description=f"fitted on {train_dir} (boxes) + {lerobot_dir} (waypoints)",
-    )
+    bins = fit_source_bins(loaded, s1.bins, description=f"fitted on {train_dir} (boxes) + {lerobot_dir} (waypoints)")
     path = out / "bins.json"
     bins.save(path)
     return path
 
 
+def short_run(cfg: TrainConfig, steps: int, **changes: Any) -> TrainConfig:
+    """`cfg` shortened to `steps` steps as the demo runs it: warm-up at most a tenth of the run, a log line
+    at least every 50th of it, and a checkpoint at the end (plus every `save_every`, when given)."""
+    save_every = changes.pop("save_every", max(steps, 1))
+    optim = {"warmup_steps": min(cfg.optim.warmup_steps, max(1, steps // 10)), **changes.pop("optim", {})}
+    return dataclasses.replace(
+        cfg,
+        steps=steps,
+        optim=dataclasses.replace(cfg.optim, **optim),
+        save_every=save_every,
+        log_every=max(1, min(10, steps // 50)),
+        **changes,
+    )
+
+
 def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path, timing: dict[str, float]) -> dict[str, Any]:
     """Demos → stage 2 → post-training (pose-pretrained and scratch, same budget) → closed-loop eval."""
-    from posevla.eval.report import plot_loss_curve
-    from posevla.training.config import get_config
-    from posevla.training.trainer import train
-
     # demos (written before stage 1 by run_demo; reused here)
     t = time.time()
     lerobot_dir = out / "data" / "lerobot"
@@ -304,44 +224,29 @@ def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path
     # stage 2: from this run's stage-1 checkpoint, on the demos' waypoints + the stage-1 scenes
     t = time.time()
     base2 = get_config("stage2-tiny")
-    kinds = {s.kind: s for s in base2.sources}
-    s2 = dataclasses.replace(
-        base2,
-        init_checkpoint=str(stage1_ckpt),
-        out_dir=str(out / "stage2"),
-        sources=(dataclasses.replace(kinds["lerobot"], path=str(lerobot_dir)),
-                 dataclasses.replace(kinds["generated"], path=str(train_dir))),
-        steps=cfg.stage2_steps,
-        batch_size=cfg.batch_size,
-        warmup_steps=min(base2.warmup_steps, max(1, cfg.stage2_steps // 10)),
-        save_every=max(cfg.stage2_steps, 1),
-        log_every=max(1, min(10, cfg.stage2_steps // 50)),
-        progress=cfg.progress,
-    )
-    r2 = train(s2)
+    kinds = {s.kind: s for s in base2.data.sources}
+    sources = (dataclasses.replace(kinds["lerobot"], path=str(lerobot_dir)),
+               dataclasses.replace(kinds["generated"], path=str(train_dir)))
+    r2 = train(short_run(base2, cfg.stage2_steps, init_checkpoint=str(stage1_ckpt), out_dir=str(out / "stage2"),
+                         data=dataclasses.replace(base2.data, sources=sources), batch_size=cfg.batch_size,
+                         progress=cfg.progress))
     timing["stage2"] = round(time.time() - t, 2)
 
     # post-training: the same budget (steps, batch, seed, data) from stage 2 and from scratch
     t = time.time()
     base = get_config("posttrain-tiny")
-    constant = constant_action_dims(lerobot_dir, base.action)
+    constant = constant_dims(load_lerobot_v3(lerobot_dir), base.action)
     if constant:
         print(f"[demo] constant in the demos (centred, not scaled): {', '.join(constant)}")
     action = dataclasses.replace(base.action, constant_dims=tuple(base.action.constant_dims) + constant)
-    common = dict(
-        train_data=str(lerobot_dir),
-        action=action,
-        steps=cfg.posttrain_steps,
-        batch_size=cfg.posttrain_batch_size,
-        warmup_steps=min(base.warmup_steps, max(1, cfg.posttrain_steps // 10)),
-        save_every=max(cfg.posttrain_steps, 1),
-        log_every=max(1, min(10, cfg.posttrain_steps // 50)),
-        progress=cfg.progress,
-    )
-    post: dict[str, Any] = {}
+    post: dict[str, TrainResult] = {}
     for name, init in (("pose_pretrained", str(r2.checkpoint)), ("scratch", None)):
         tt = time.time()
-        post[name] = train(dataclasses.replace(base, init_checkpoint=init, out_dir=str(out / f"posttrain_{name}"), **common))
+        post[name] = train(short_run(
+            base, cfg.posttrain_steps, init_checkpoint=init, out_dir=str(out / f"posttrain_{name}"),
+            data=dataclasses.replace(base.data, train_data=str(lerobot_dir)), action=action,
+            batch_size=cfg.posttrain_batch_size, progress=cfg.progress,
+        ))
         timing[f"posttrain_{name}"] = round(time.time() - tt, 2)
     timing["posttrain"] = round(time.time() - t, 2)
 
@@ -349,10 +254,10 @@ def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path
     t = time.time()
     cards = {
         name: evaluate_policy_checkpoint(
-            res.checkpoint, tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes_per_task, seed=cfg.eval_seed,
-            replan_every=cfg.replan_every, max_steps=cfg.eval_max_steps, out_dir=out / "closed_loop" / name,
-            videos_per_task=cfg.videos_per_task, image_size=cfg.demo_image_size, policy_name=name,
-            progress=cfg.progress,
+            res.checkpoint, env="metaworld", tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes_per_task,
+            seed=cfg.eval_seed, replan_every=cfg.replan_every, max_steps=cfg.eval_max_steps,
+            out_dir=out / "closed_loop" / name, videos_per_task=cfg.videos_per_task, image_size=cfg.demo_image_size,
+            policy_name=name, progress=cfg.progress,
         )
         for name, res in post.items()
     }
@@ -391,22 +296,11 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the summary dict (also written to summary.json)."""
     if cfg.quick:
         cfg = quick_config(cfg)
-    from posevla.data.fitting import collect_labels
-    from posevla.data.formats.omni3d import load_omni3d
-    from posevla.eval.predict import evaluate_checkpoint
-    from posevla.eval.report import markdown_table, plot_loss_curve, write_html_report
-    from posevla.tokens import BinSpec
-    from posevla.tokens.report import format_report, quantization_report
-    from posevla.training.config import get_config
-    from posevla.training.trainer import train
-
     if cfg.robot:
         _demo_seed_ranges_overlap(cfg)
         if not cfg.tasks:
             raise ConfigError("--tasks is empty: name at least one MetaWorld task (or pass --no-robot)")
-        from posevla.sim.metaworld import resolve_task
-
-        cfg = dataclasses.replace(cfg, tasks=tuple(resolve_task(t) for t in cfg.tasks))
+        cfg = dataclasses.replace(cfg, tasks=tuple(resolve_task("metaworld", t) for t in cfg.tasks))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
@@ -416,7 +310,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     t = time.time()
     train_dir, val_dir = out / "data" / "train", out / "data" / "val"
     gen_train = _generate(train_dir, cfg.train_scenes, cfg.seed, cfg)
-    gen_val = _generate(val_dir, cfg.val_scenes, cfg.seed + 1_000_003, cfg)
+    _generate(val_dir, cfg.val_scenes, cfg.seed + 1_000_003, cfg)
     timing["generate"] = round(time.time() - t, 2)
 
     # 1b. robot demos come first, so the token bins cover stage-2 waypoints too (spec open question 1):
@@ -430,158 +324,37 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
 
     # 2. stage 1
     t = time.time()
-    tcfg = dataclasses.replace(
-        get_config("stage1-tiny"),
-        bins=None if bins_path is None else str(bins_path),
-        train_data=str(train_dir),
-        out_dir=str(out / "stage1"),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        num_views=cfg.stage1_views,
-        warmup_steps=min(50, max(1, cfg.steps // 10)),
-        save_every=max(cfg.steps // 3, 1),
-        log_every=max(1, min(10, cfg.steps // 50)),
+    base = get_config("stage1-tiny")
+    stage1 = train(short_run(
+        base, cfg.steps, bins_file=None if bins_path is None else str(bins_path),
+        data=dataclasses.replace(base.data, train_data=str(train_dir)), out_dir=str(out / "stage1"),
+        batch_size=cfg.batch_size, optim={"lr": cfg.lr},
+        model=dataclasses.replace(base.model, num_views=cfg.stage1_views), save_every=max(cfg.steps // 3, 1),
         progress=cfg.progress,
-    )
-    result = train(tcfg)
+    ))
     timing["stage1"] = round(time.time() - t, 2)
 
     # quantisation report on the held-out labels, with the bins the model was trained with
     bins = BinSpec.load(out / "stage1" / "bins.json")
     labels = collect_labels(load_omni3d(val_dir / "dataset.json"))
-    qrep = quantization_report(bins, trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"], rot=labels["rot"])
+    qrep = quantization_report(bins, trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"],
+                               rot=labels["rot"])
     (out / "tokens_report.txt").write_text(format_report(qrep))
 
     # 3. evaluation
     t = time.time()
-    ev = evaluate_checkpoint(
-        result.checkpoint,
-        val_dir,
-        train_data=train_dir,
-        out_dir=out / "eval",
-        max_scenes=cfg.eval_scenes,
-        progress=cfg.progress,
-    )
+    ev = evaluate_checkpoint(stage1.checkpoint, val_dir, train_data=train_dir, out_dir=out / "eval",
+                             max_scenes=cfg.eval_scenes, progress=cfg.progress)
     timing["eval"] = round(time.time() - t, 2)
 
     # 4. robot phases: demos, stage 2, post-training (pose-pretrained vs scratch), closed loop
-    robot = _robot_phases(cfg, out, train_dir, result.checkpoint, timing) if cfg.robot else None
+    robot = _robot_phases(cfg, out, train_dir, stage1.checkpoint, timing) if cfg.robot else None
     timing["total"] = round(time.time() - t_all, 2)
 
-    keys = ("ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm")
-    verdict = ev["verdict"]
-    summary = {
-        "grounding": {
-            "model": {k: ev["model"][k] for k in keys},
-            "model_given_2d": {k: ev["model_given_2d"][k] for k in keys},
-            "baseline": {k: ev["baseline"][k] for k in keys},
-            "image_reliance": ev["image_reliance"],
-            "n_scenes": ev["n_scenes"],
-            "verdict": verdict,
-        },
-        "timing_s": timing,
-        "data": {
-            "train_scenes": cfg.train_scenes,
-            "val_scenes": cfg.val_scenes,
-            "generate_scenes_per_s": gen_train.get("scenes_per_s"),
-        },
-        "training": {"steps": result.steps, "final_loss": result.final_loss, "batch_size": cfg.batch_size},
-        "quantization": qrep,
-        "versions": package_versions(),
-        "quick": cfg.quick,
-    }
-    if robot is not None:
-        summary["closed_loop"] = robot["closed_loop"]
-        summary["data"]["metaworld_demos"] = robot["demos"].get("successes")
-        summary["data"]["demos_per_min"] = robot["demos"].get("demos_per_min")
-        summary["data"]["constant_dims"] = robot["constant_dims"]
-        summary["robot_training"] = robot["training"]
+    summary = demo_summary(cfg, ev, stage1, qrep, timing, gen_train, robot)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-
-    rows = [{"predictor": name, **{k: ev[name][k] for k in keys}} for name in ("model", "model_given_2d", "baseline")]
-    per_cat = [
-        {"category": c, **{f"model {k}": v for k, v in d.items() if k in ("ap3d", "ap25")},
-         **{f"baseline {k}": ev["baseline"]["per_category"].get(c, {}).get(k) for k in ("ap3d", "ap25")}}
-        for c, d in sorted(ev["model"]["per_category"].items())
-    ]
-    plot_loss_curve(result.history, out / "loss_curve.png")
-    headline: dict[str, Any] = {
-        "model AP3D": ev["model"]["ap3d"],
-        "baseline AP3D": ev["baseline"]["ap3d"],
-        "model AP@0.25": ev["model"]["ap25"],
-        "baseline AP@0.25": ev["baseline"]["ap25"],
-        "model given 2D AP3D": ev["model_given_2d"]["ap3d"],
-        "model given 2D trans err (cm)": ev["model_given_2d"]["trans_err_cm"],
-        "baseline trans err (cm)": ev["baseline"]["trans_err_cm"],
-    }
-    sections = [
-        ("Verdict", verdict["text"]),
-        ("What ran", f"{cfg.train_scenes} train / {cfg.val_scenes} held-out scenes, {result.steps} steps of "
-         f"stage-1 training (batch {cfg.batch_size}, {cfg.stage1_views} camera view(s) per sample), evaluation "
-         f"on {ev['n_scenes']} held-out scenes. "
-         "Baseline = each category's mean depth, size and rotation at the object's true 2D centre. "
-         "model = the model detects (finds the objects and their 2D boxes itself); model_given_2d = the true "
-         "objects and 2D boxes are given and the model predicts their 3D poses (the baseline's information)."),
-    ]
-    images = [("stage-1 training loss", "loss_curve.png")]
-    tables = [("3D grounding: model vs baseline", rows), ("Per category", per_cat)]
-    videos: list[tuple[str, str]] = []
-    cl_rows: list[dict[str, Any]] = []
-    if robot is not None:
-        cl = robot["closed_loop"]
-        for name in ("pose_pretrained", "scratch"):
-            r = cl[name]
-            headline[f"{name} success"] = f"{r['successes']}/{r['episodes']}"
-            cl_rows.append({"policy": name, "successes": r["successes"], "episodes": r["episodes"],
-                            "rate %": 100 * r["rate"], "ci95 low %": 100 * r["ci95"][0],
-                            "ci95 high %": 100 * r["ci95"][1]})
-        per_task = []
-        for task in cl["tasks"]:
-            row: dict[str, Any] = {"task": task}
-            for n in ("pose_pretrained", "scratch"):
-                r = cl["per_task"][n][task]
-                row[f"{n} successes"] = f"{r['successes']}/{r['episodes']}"
-                row[f"{n} rate %"] = 100 * r["rate"]
-            per_task.append(row)
-        tables[:0] = [("Closed loop: MetaWorld success (Wilson 95 % interval)", cl_rows)]
-        tables.append(("Closed loop per task", per_task))
-        tr = robot["training"]
-        sections.append((
-            "Robot phases",
-            f"{robot['demos'].get('successes')} scripted-expert MetaWorld demos ({', '.join(cl['tasks'])}; "
-            f"seeds from {cfg.seed}) → stage 2 from this run's stage-1 checkpoint, {tr['stage2']['steps']} steps "
-            f"(waypoints + stage-1 scenes) → post-training of the action expert, {cfg.posttrain_steps} steps at "
-            f"batch {cfg.posttrain_batch_size}, once from the stage-2 checkpoint (pose_pretrained) and once from "
-            f"scratch (no pose pre-training), same data, seed and budget → {cl['episodes_per_task']} closed-loop "
-            f"episodes per task for each policy on the same environment seeds (from {cfg.eval_seed}), at most "
-            f"{cfg.eval_max_steps} steps, re-planning every {cfg.replan_every} of 16 predicted actions."
-            + (f" Dims constant in the demos (centred only): {', '.join(robot['constant_dims'])}."
-               if robot["constant_dims"] else ""),
-        ))
-        images += [("stage-2 training loss", "stage2_loss.png")] + [
-            (f"post-training loss: {n}", f"posttrain_{n}_loss.png") for n in ("pose_pretrained", "scratch")
-        ]
-        for name, card in robot["cards"].items():
-            videos += [(f"{name}: {Path(v).stem}", f"closed_loop/{name}/{v}") for v in card["videos"]]
-    headline["total time (s)"] = timing["total"]
-    sections.append(("Pose-token quantisation", format_report(qrep)))
-    images += [(f"held-out scene {Path(p).stem}", f"eval/{p}") for p in ev.get("overlays", [])]
-    tables.append(("Wall time per phase (s)", [timing]))
-    write_html_report(
-        out / "report.html",
-        title="posevla demo: pose pre-training, then MetaWorld post-training vs from scratch"
-        if robot is not None else "posevla demo: stage-1 pose pre-training on generated MuJoCo scenes",
-        summary=headline,
-        sections=sections,
-        images=images,
-        tables=tables,
-        videos=videos,
-    )
-    print("\n" + markdown_table(rows))
-    print(f"\n[demo] stage 1: {verdict['text']}")
-    if cl_rows:
-        print("\n" + markdown_table(cl_rows))
+    plot_loss_curve(stage1.history, out / "loss_curve.png")
+    write_demo_report(out, cfg, ev, stage1, qrep, timing, robot)
     print(f"\nwall time per phase (s): {timing}")
     print(f"report: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
     return summary

@@ -38,20 +38,26 @@ import numpy as np
 import torch
 
 from posevla.data.action_space import EE_DIM_NAMES, ActionConfig, ee_vector_to_pose
-from posevla.data.normalize import NormStats, load_norm_stats
 from posevla.data.actions import camera_T_world_cam, collate_actions, observation_inputs
-from posevla.data.formats.lerobot import CameraConfig
 from posevla.data.collate import ExampleSpec
+from posevla.data.formats.lerobot import CameraConfig
+from posevla.data.normalize import NormStats
 from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError
+from posevla.runtime import autocast_context, pick_device_and_precision
+from posevla.sim import REPLAN_EVERY, PolicyOutput
+from posevla.tokens import PoseCodec, PoseGrammar
+from posevla.training.checkpoint import Checkpoint, load_checkpoint
 
-__all__ = ["Policy", "ActionChunker"]
+__all__ = ["REPLAN_EVERY", "Policy", "ActionChunker", "load_policy"]
 
 
 class Policy:
-    """A post-trained `PoseVLAPolicyModel` with its input/output transforms. Build with `from_checkpoint`.
+    """A post-trained `PoseVLA` with its input/output transforms. Build with `from_checkpoint`.
 
     Attributes:
         model: the policy model (eval mode, on `device`).
+        saved: the `Checkpoint` it was loaded from (train config, architectures, bins, statistics, data).
+        checkpoint: the checkpoint directory.
         action_cfg: the `ActionConfig` it was trained with.
         stats: ``{"state", "actions"}`` normalisation statistics.
         cameras: camera names in view order; image_sizes: their training (width, height).
@@ -59,36 +65,19 @@ class Policy:
         latencies_ms: total latency of every `infer` call so far.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        *,
-        train_config: Any,
-        stats: Mapping[str, NormStats],
-        data: Mapping[str, Any],
-        codec: Any,
-        device: torch.device,
-        use_bf16: bool,
-        checkpoint: Path | None = None,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, model: Any, saved: Checkpoint, *, device: torch.device, use_bf16: bool, seed: int = 0) -> None:
         self.model = model
-        self.train_config = train_config
-        self.action_cfg: ActionConfig = train_config.action
-        self.stats = dict(stats)
-        self.data = dict(data)
-        self.codec = codec
+        self.saved = saved
+        self.checkpoint: Path = saved.dir
+        self.train_config = saved.train
+        self.action_cfg: ActionConfig = saved.train.action
+        self.stats: dict[str, NormStats] = dict(saved.norm_stats or {})
+        self.data = dict(saved.data)
+        self.codec = PoseCodec(saved.bins)
         self.tokenizer = model.vlm.tokenizer
         self.device = device
         self.use_bf16 = use_bf16
-        self.checkpoint = checkpoint
-        mcfg = model.vlm.cfg
-        self.spec = ExampleSpec(
-            image_size=mcfg.image_size,
-            num_views=mcfg.num_views,
-            n_image_tokens=mcfg.tokens_per_view,
-            prompt_len=mcfg.prompt_len,
-        )
+        self.spec = ExampleSpec.from_model(model.vlm.cfg)
         self.cameras: list[str] = list(self.data["cameras"])
         self.image_sizes = {c: tuple(int(v) for v in s) for c, s in self.data.get("image_sizes", {}).items()}
         cc = self.data.get("camera_config")
@@ -107,6 +96,8 @@ class Policy:
     ) -> Policy:
         """Load a post-training checkpoint (a step dir, or a run dir with ``checkpoints/latest.json``).
 
+        The model is rebuilt from what the checkpoint saved (`posevla.training.checkpoint.load_checkpoint`).
+
         Args:
             path: the checkpoint.
             device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
@@ -117,70 +108,18 @@ class Policy:
             CheckpointError: not a post-training checkpoint, missing / invalid ``norm_stats.json``, or a
                 config that does not match the statistics or the weights.
         """
-        from posevla.tokens import BinSpec
-        from posevla.training.checkpoint import load_model_weights, read_checkpoint_meta
-        from posevla.training.config import TrainConfig
-        from posevla.runtime import pick_device_and_precision
-        from posevla.training.trainer import build_policy_model
-
-        meta = read_checkpoint_meta(path)
-        d: Path = meta["dir"]
-        conf = meta["config"]
-        train = dict(conf.get("train", {}))
-        if train.get("objective", "tokens") != "actions":
+        saved = load_checkpoint(path)
+        if saved.expert is None:
             raise CheckpointError(
-                f"{d} is a VLM checkpoint (objective {train.get('objective', 'tokens')!r}), not a "
-                "post-trained "
-                "policy: it has no action expert. Post-train it first (`posevla train posttrain-tiny "
-                f"--init-checkpoint {d}`) and load that checkpoint"
+                f"{saved.dir} is a VLM checkpoint (objective {saved.objective!r}), not a post-trained policy: it "
+                "has no action expert. Post-train it first (`posevla train posttrain-tiny --init-checkpoint "
+                f"{saved.dir}`) and load that checkpoint"
             )
-        for key in ("expert", "data"):
-            if key not in conf:
-                raise CheckpointError(
-                    f"{d / 'config.json'} has no '{key}' section; the checkpoint is incomplete"
-                )
-        stats, space = load_norm_stats(d)
-        try:
-            if "betas" in train:
-                train["betas"] = tuple(train["betas"])
-            cfg = TrainConfig(**train)
-        except (TypeError, ConfigError) as e:
-            raise CheckpointError(f"{d / 'config.json'}: the train config cannot be rebuilt ({e})") from e
-        if space != cfg.action.space:
-            raise CheckpointError(
-                f"{d / 'norm_stats.json'} is for action space {space!r} but the config says "
-                f"{cfg.action.space!r}; the statistics belong to another run"
-            )
-        data = conf["data"]
-        for feature, key in (("actions", "action_names"), ("state", "state_names")):
-            if key in data and list(data[key]) != list(stats[feature].names):
-                raise CheckpointError(
-                    f"{d / 'norm_stats.json'}: {feature} dims {list(stats[feature].names)} differ from the "
-                    f"training data's {data[key]}; the statistics belong to another run"
-                )
-        bins = BinSpec.from_dict(meta["bins"])
-        _, codec, model, _, ecfg = build_policy_model(cfg, bins, d / "tokenizer")
-        if ecfg.to_dict() != conf["expert"]:
-            raise CheckpointError(
-                f"{d / 'config.json'}: the expert config rebuilt from the train config ({ecfg.to_dict()}) "
-                "differs "
-                f"from the saved one ({conf['expert']}); was EXPERT_CONFIGS[{cfg.expert!r}] changed?"
-            )
-        load_model_weights(model, d)
+        model = saved.build_model()
         dev, use_bf16, reason = pick_device_and_precision(device, precision)
         print(f"[posevla] policy on {dev}, {'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
         model.to(dev).eval()
-        return cls(
-            model,
-            train_config=cfg,
-            stats=stats,
-            data=data,
-            codec=codec,
-            device=dev,
-            use_bf16=use_bf16,
-            checkpoint=d,
-            seed=seed,
-        )
+        return cls(model, saved, device=dev, use_bf16=use_bf16, seed=seed)
 
     # -- inference ---------------------------------------------------------------------------------
     def _noise(self, seed: int | None) -> torch.Tensor:
@@ -233,8 +172,6 @@ class Policy:
                 policy's own generator (seeded at construction).
             return_poses: also decode the VLM's stage-2 waypoint plan per view (grammar-constrained).
         """
-        from posevla.runtime import autocast_context
-
         t0 = time.perf_counter()
         inputs, batch = self.preprocess(obs)
         t1 = time.perf_counter()
@@ -291,8 +228,6 @@ class Policy:
 
     def _waypoint_grammar(self) -> Any:
         if self._grammar is None:
-            from posevla.tokens import PoseGrammar
-
             names = self.action_cfg.plan_names()
             tok = self.tokenizer
             self._grammar = PoseGrammar(
@@ -311,8 +246,6 @@ class Policy:
         self, batch: Mapping[str, torch.Tensor], obs: Mapping[str, Any], cams: list[str | None]
     ) -> list[dict]:
         """The VLM's greedy, grammar-constrained waypoint answer, parsed, per view (camera frame + world)."""
-        from posevla.runtime import autocast_context
-
         grammar = self._waypoint_grammar()
         prefix = {
             k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "ray", "depth", "prior_mask")
@@ -340,8 +273,6 @@ class Policy:
 
     def __call__(self, obs: Mapping[str, Any]) -> Any:
         """``obs -> PolicyOutput(actions (H, A))`` for `posevla.eval.rollout.rollout` (latency in info)."""
-        from posevla.sim import PolicyOutput
-
         out = self.infer(obs)
         return PolicyOutput(actions=out["actions"], info={"latency_ms": out["latency_ms"]})
 
@@ -350,24 +281,33 @@ class Policy:
 
 
 class ActionChunker:
-    """Executes action chunks open-loop and re-queries the policy every `replan_every` steps.
+    """Executes action chunks open-loop and re-queries the policy every `replan_every` actions.
+
+    The executor of the closed-loop rollout (`posevla.eval.rollout`) and of any robot loop that runs a
+    `Policy` in-process: call it once per control step, ``action = chunker(obs)``; ``reset()`` at the start of
+    an episode (it also calls the wrapped policy's ``reset`` when it has one).
 
     Args:
-        policy: ``obs -> dict`` with ``"actions"`` (H, A) (a `Policy`'s `infer`), or ``obs -> (H, A)``.
-        replan_every: actions executed from each chunk before the next query. Default None = the whole
-            chunk (H steps), as the paper's deployment wrapper does (spec §1.4: "executes the whole 16-step
-            chunk"); smaller values react faster at the cost of more queries (the released RoboTwin
-            checkpoint runs 12 of 16).
+        policy: ``obs -> output``: a `Policy` (its `infer`), or any callable returning a dict with
+            ``"actions"``, a `PolicyOutput`, or an ``(H, A)`` / ``(A,)`` array.
+        replan_every: actions executed from each chunk before the next query (fewer if the chunk is shorter);
+            None = the whole chunk (:data:`posevla.sim.REPLAN_EVERY`).
+        to_output: turns the policy's raw output into a validated `PolicyOutput` (default: any of the forms
+            above, an unusable chunk raises InferenceError); the rollout passes its own, which names the task,
+            seed and step.
         **infer_kwargs: passed to every call (e.g. ``num_steps=5``).
 
-    Call it once per control step: ``action = chunker(obs)`` returns one (A,) action; ``reset()`` at the
-    start of an episode. ``queries`` counts the policy calls.
+    Attributes:
+        queries: policy calls so far; latencies_s: their wall-clock seconds; queried: whether the last call
+            queried the policy; last_output: the `PolicyOutput` of the latest query.
     """
 
     def __init__(
         self,
         policy: Callable[..., Any],
-        replan_every: int | None = None,
+        replan_every: int | None = REPLAN_EVERY,
+        *,
+        to_output: Callable[[Any], PolicyOutput] | None = None,
         **infer_kwargs: Any,
     ) -> None:
         if replan_every is not None and (
@@ -378,27 +318,58 @@ class ActionChunker:
             raise ConfigError(
                 f"replan_every must be an integer >= 1 or None (whole chunk), got {replan_every!r}"
             )
+        self._reset = getattr(policy, "reset", None)
         self.policy = policy.infer if isinstance(policy, Policy) else policy
         self.replan_every = None if replan_every is None else int(replan_every)
+        self.to_output = to_output or as_policy_output
         self.infer_kwargs = infer_kwargs
         self.queries = 0
-        self.last_output: Any = None
+        self.latencies_s: list[float] = []
+        self.queried = False
+        self.last_output: PolicyOutput | None = None
         self._queue: deque[np.ndarray] = deque()
 
     def reset(self) -> None:
-        """Drop the rest of the current chunk (start of an episode)."""
+        """Drop the rest of the current chunk (start of an episode) and reset the wrapped policy."""
         self._queue.clear()
         self.last_output = None
+        if callable(self._reset):
+            self._reset()
 
     def __call__(self, obs: Mapping[str, Any]) -> np.ndarray:
         """The next action (A,); queries the policy when the executed part of the chunk is used up."""
+        self.queried = False
         if not self._queue:
-            out = self.policy(obs, **self.infer_kwargs)
-            chunk = np.asarray(out["actions"] if isinstance(out, Mapping) else out)
-            if chunk.ndim != 2 or chunk.shape[0] < 1 or not np.all(np.isfinite(chunk)):
-                raise InferenceError(f"the policy returned an unusable chunk of shape {chunk.shape}")
+            t0 = time.perf_counter()
+            raw = self.policy(obs, **self.infer_kwargs)
+            self.latencies_s.append(time.perf_counter() - t0)
+            self.queries += 1
+            out = self.to_output(raw)
+            chunk = out.actions
             n = chunk.shape[0] if self.replan_every is None else min(self.replan_every, chunk.shape[0])
             self._queue.extend(chunk[:n])
-            self.queries += 1
+            self.queried = True
             self.last_output = out
         return self._queue.popleft()
+
+
+def as_policy_output(raw: Any) -> PolicyOutput:
+    """A policy's output (a dict with ``"actions"``, a `PolicyOutput` or an array) as a `PolicyOutput` whose
+    actions are a finite ``(H, A)`` float64 chunk with H >= 1; InferenceError otherwise."""
+    if isinstance(raw, PolicyOutput):
+        out = raw
+    elif isinstance(raw, Mapping):
+        out = PolicyOutput(actions=raw["actions"], info={k: v for k, v in raw.items() if k != "actions"})
+    else:
+        out = PolicyOutput(actions=raw)
+    chunk = np.asarray(out.actions, np.float64)
+    chunk = chunk[None] if chunk.ndim == 1 else chunk
+    if chunk.ndim != 2 or chunk.shape[0] < 1 or not np.all(np.isfinite(chunk)):
+        raise InferenceError(f"the policy returned an unusable chunk of shape {chunk.shape}")
+    out.actions = chunk
+    return out
+
+
+def load_policy(path: str | Path, device: str = "auto", precision: str = "auto", *, seed: int = 0) -> Policy:
+    """`Policy.from_checkpoint`: a post-trained checkpoint ready for ``infer(obs)``."""
+    return Policy.from_checkpoint(path, device=device, precision=precision, seed=seed)

@@ -1,4 +1,5 @@
-"""Device and precision, decided once at the edge (trainer, evaluator, policy) and logged with a reason."""
+"""What this process runs on: device and precision, decided once at the edge (trainer, evaluator, policy) and
+logged with a reason, and the versions of the packages it runs with (written into checkpoints and eval cards)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def pick_device_and_precision(device: str = "auto", precision: str = "auto") -> 
 
 
 def autocast_context(device: torch.device, use_bf16: bool):
+    """bf16 autocast on `device` when `use_bf16`, else a no-op context."""
     if not use_bf16:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of posevla and the packages its results depend on ("not installed" if absent)."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("posevla", "torch", "transformers", "mujoco", "numpy", "safetensors", "tokenizers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,5 +1,7 @@
 """Loader vs trainer throughput: can the data pipeline feed the training step? (`posevla bench data`)
 
+Benchmarks live in `posevla.bench`, beside the packages they measure, not inside them.
+
 One run measures, on the same generated dataset and the same batches:
 
 * **loader** samples/s of the full pipeline the trainer uses (:class:`posevla.data.mixture.Mixture`: PNG
@@ -77,10 +79,11 @@ def _time_loader(mixture: Any, codec: Any, tokenizer: Any, workers: int, per_epo
 
 def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
     """Measure loader and training-step throughput (see the module docstring); returns the figures."""
-    from posevla.sim.tabletop import generate_dataset
-    from posevla.training.config import get_config
+    from posevla.models.factory import build_vlm
     from posevla.runtime import autocast_context, pick_device_and_precision
-    from posevla.training.trainer import build_model
+    from posevla.sim.tabletop import generate_dataset
+    from posevla.tokens import PoseCodec
+    from posevla.training.configs import get_config
 
     if not args.workers or min(args.workers) < 0:
         raise ConfigError(f"--workers needs one or more counts >= 0, got {args.workers}")
@@ -100,16 +103,16 @@ def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
     gen_s = time.perf_counter() - t
     try:
         loaded = [load_source(SourceSpec("generated", str(data)))]
-        bins = fit_source_bins(loaded, n_trans_xy=cfg.n_trans_xy, n_trans_z=cfg.n_trans_z, n_size=cfg.n_size,
-                               n_rot=cfg.n_rot, n_loc=cfg.n_loc)
+        bins = fit_source_bins(loaded, cfg.bins)
         torch.manual_seed(cfg.seed)
         device, use_bf16, _ = pick_device_and_precision(cfg.device, cfg.precision)
-        mcfg, codec, model, tokenizer = build_model(cfg, bins)
-        spec = ExampleSpec(mcfg.image_size, mcfg.num_views, mcfg.tokens_per_view, mcfg.prompt_len)
+        model = build_vlm(cfg.model.resolve(), bins)
+        codec, tokenizer = PoseCodec(bins), model.tokenizer
+        spec = ExampleSpec.from_model(model.cfg)
 
         def mixture():  # fresh datasets: empty caches, nothing inherited by forked workers
             return build_mixture(loaded, spec, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 negative_prob=cfg.negative_prob)
+                                 negative_prob=cfg.data.negative_prob)
 
         m = mixture()
         per_epoch = max(1, len(m.datasets[0]) // cfg.batch_size)
@@ -117,8 +120,8 @@ def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
 
         batches = [m.batch(k, codec, tokenizer) for k in range(args.train_steps + 1)]
         model.to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+        o = cfg.optim
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         times = []
         for k, batch in enumerate(batches):
             batch = {key: v.to(device) for key, v in batch.items()}
@@ -129,7 +132,7 @@ def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
                 loss = model.compute_loss(batch, ordinal_sigma=cfg.ordinal_sigma)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()

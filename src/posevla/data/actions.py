@@ -48,7 +48,7 @@ model zero-pads them to ``max_action_dim`` itself and its loss averages over the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -401,30 +401,45 @@ def collate_actions(
     return batch
 
 
-def iterate_action_batches(
-    dataset: ActionDataset,
-    batch_size: int,
-    seed: int,
-    start_step: int,
-    tokenizer: Any,
-    *,
-    max_state_dim: int,
-    max_action_dim: int,
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield (step, batch) forever from `start_step`; the order is a pure function of (seed, step)."""
-    step = start_step
-    while True:
-        _, idx = batch_indices(len(dataset), batch_size, seed, step)
-        examples = [dataset.example(int(i)) for i in idx]
-        yield (
-            step,
-            collate_actions(
-                examples,
-                tokenizer,
-                dataset.spec,
-                max_state_dim=max_state_dim,
-                max_action_dim=max_action_dim,
-                priors=dataset.cfg.priors,
-            ),
+@dataclasses.dataclass
+class ActionBatches:
+    """Batch `step` of post-training: a pure function of (seed, step), so it can run in a worker process.
+
+    Feed it to :func:`posevla.data.streaming.stream_batches` (as the token mixture is), which builds batches
+    in the training process with a prefetch thread or in worker processes, with identical results.
+    """
+
+    dataset: ActionDataset
+    batch_size: int
+    seed: int
+    tokenizer: Any
+    max_state_dim: int
+    max_action_dim: int
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        _, idx = batch_indices(len(self.dataset), self.batch_size, self.seed, step)
+        examples = [self.dataset.example(int(i)) for i in idx]
+        return collate_actions(
+            examples,
+            self.tokenizer,
+            self.dataset.spec,
+            max_state_dim=self.max_state_dim,
+            max_action_dim=self.max_action_dim,
+            priors=self.dataset.cfg.priors,
         )
-        step += 1
+
+
+def constant_dims(dataset: LeRobotV3Dataset, cfg: ActionConfig) -> tuple[str, ...]:
+    """Qualified names (``actions.action[3]``, ``state.observation.state[4]``) of the dims that are constant
+    in `dataset` under `cfg` (e.g. a gripper command a task never changes).
+
+    Post-training z-scores every dim; a constant one is only centred once it is listed in
+    ``ActionConfig.constant_dims``, which is what the demo does with this list.
+    """
+    episodes = [dataset.episode(e, images=False).features for e in range(dataset.num_episodes)]
+    out: list[str] = []
+    for feature, vectors, names in (("actions", action_vectors, action_names), ("state", state_vectors, state_names)):
+        x = np.concatenate([vectors(f, cfg, f"episode {i}") for i, f in enumerate(episodes)])
+        std = x.std(0)
+        out += [f"{feature}.{n}" for n, sd in zip(names(episodes[0], cfg), std, strict=True) if not sd >= cfg.std_eps]
+    return tuple(out)

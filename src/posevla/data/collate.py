@@ -17,6 +17,7 @@ import torch
 from posevla.data.grounding import GroundingExample, stable_seed
 from posevla.data.trajectory import TrajectoryExample
 from posevla.errors import DataError
+from posevla.models.config import PoseVLMConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,16 @@ class ExampleSpec:
     num_views: int
     n_image_tokens: int  # per view
     prompt_len: int
+
+    @classmethod
+    def from_model(cls, cfg: PoseVLMConfig) -> ExampleSpec:
+        """The layout of a model config (`posevla.models.PoseVLMConfig`)."""
+        return cls(
+            image_size=cfg.image_size,
+            num_views=cfg.num_views,
+            n_image_tokens=cfg.tokens_per_view,
+            prompt_len=cfg.prompt_len,
+        )
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tuple[int, np.ndarray]:

@@ -29,45 +29,24 @@ exits non-zero when there is an error; the trainer calls :func:`run_doctor` at s
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import math
 import os
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth, load_omni3d, load_rgb
+from posevla.data.doctor_checks import Collector, Finding, check_raw_omni3d, check_scenes
+from posevla.data.formats.lerobot import load_lerobot_v3
+from posevla.data.formats.omni3d import Object3D, Scene, View, load_omni3d
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
-from posevla.geometry import box2d_from_box3d, box_corners, check_K, check_rotation_matrix, quat_wxyz_to_matrix
 
 __all__ = ["Finding", "DoctorReport", "detect_format", "run_doctor"]
 
-_MAX_PER_CHECK = 5  # findings listed per (check, severity); the rest are counted
-_QUAT_KEYS = ("quaternion", "quat", "quat_wxyz", "rotation_quat", "q_wxyz", "orientation")
 
 
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    """One problem: severity ``error`` or ``warning``, the check, where, what, and the fix."""
-
-    severity: str
-    check: str
-    finding: str
-    fix: str
-    file: str | None = None
-    record: str | None = None
-    field: str | None = None
-
-    @property
-    def where(self) -> str:
-        parts = [Path(self.file).name if self.file else "", str(self.record) if self.record is not None else "",
-                 self.field or ""]
-        return " / ".join(p for p in parts if p) or "-"
 
 
 @dataclasses.dataclass
@@ -114,44 +93,6 @@ class DoctorReport:
         return "\n".join([head, stats, *lines, summary])
 
 
-class _Collector:
-    def __init__(self) -> None:
-        self.findings: list[Finding] = []
-        self._count: dict[tuple[str, str], int] = defaultdict(int)
-
-    def add(self, severity: str, check: str, finding: str, fix: str, *, file: Any = None, record: Any = None,
-            field: str | None = None) -> None:
-        key = (check, severity)
-        self._count[key] += 1
-        if self._count[key] <= _MAX_PER_CHECK:
-            self.findings.append(Finding(severity, check, finding, fix, None if file is None else str(file),
-                                         None if record is None else str(record), field))
-
-    def from_error(self, check: str, e: DataError, severity: str = "error") -> None:
-        msg = str(e).split("\n  fix:")[0]
-        where = []
-        if e.file is not None:
-            where.append(f"file {e.file}")
-        if e.record is not None:
-            where.append(f"record {e.record}")
-        if e.field is not None:
-            where.append(f"field '{e.field}'")
-        prefix = ", ".join(where) + ": "
-        if where and msg.startswith(prefix):
-            msg = msg[len(prefix):]
-        self.add(severity, check, msg, e.fix or "see the message", file=e.file, record=e.record, field=e.field)
-
-    def has(self, record: Any, field: str | None) -> bool:
-        return any(f.record == (None if record is None else str(record)) and f.field == field for f in self.findings)
-
-    def finish(self) -> list[Finding]:
-        out = list(self.findings)
-        for (check, sev), n in self._count.items():
-            if n > _MAX_PER_CHECK:
-                out.append(Finding(sev, check, f"... and {n - _MAX_PER_CHECK} more like the above", "see above"))
-        return out
-
-
 # ----------------------------------------------------------------------------------------------
 # format detection
 # ----------------------------------------------------------------------------------------------
@@ -190,365 +131,20 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_quaternion(col: _Collector, a: dict, R: np.ndarray | None, file: str, rec: str) -> None:
-    for key in _QUAT_KEYS:
-        if key not in a:
-            continue
-        try:
-            q = np.asarray(a[key], np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            q = np.full(1, np.nan)
-        if q.shape != (4,) or not np.all(np.isfinite(q)):
-            col.add("error", "quaternion", f"'{key}' must be 4 finite numbers", "store quaternions as [w, x, y, z]",
-                    file=file, record=rec, field=key)
-            continue
-        n = float(np.linalg.norm(q))
-        if abs(n - 1.0) > 1e-3:
-            col.add("error", "quaternion", f"quaternion norm is {n:.4g}, not 1", "normalise the quaternion",
-                    file=file, record=rec, field=key)
-            continue
-        if R is None:
-            continue
-        ok = np.abs(quat_wxyz_to_matrix(q) - R).max() < 1e-3
-        if not ok:
-            xyzw = np.abs(quat_wxyz_to_matrix(np.roll(q, 1)) - R).max() < 1e-3
-            if xyzw:
-                col.add("error", "quaternion", f"'{key}' is stored scalar-last (xyzw); the contract is wxyz",
-                        "convert at the scipy boundary with posevla.geometry.scipy_to_quat_wxyz", file=file,
-                        record=rec, field=key)
-            else:
-                col.add("error", "quaternion", f"'{key}' disagrees with the rotation matrix",
-                        "store one rotation: the quaternion (wxyz) of R_cam", file=file, record=rec, field=key)
 
-
-def _raw_omni3d(col: _Collector, json_path: Path) -> None:
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return  # the strict reader reports it
-    if not isinstance(data, dict):
-        return
-    file = str(json_path)
-    for i, im in enumerate(data.get("images") or []):
-        if not isinstance(im, dict):
-            continue
-        rec = f"image id {im.get('id', i)}"
-        if "K" not in im:
-            col.add("error", "intrinsics", "K is missing", "store the 3x3 intrinsics of every image", file=file,
-                    record=rec, field="K")
-            continue
-        try:
-            K = np.asarray(im["K"], np.float64)
-            check_K(K, int(im.get("width", 0)), int(im.get("height", 0)), file=file, record=rec, field="K")
-        except DataError as e:
-            col.from_error("intrinsics", e)
-            continue
-        except (TypeError, ValueError):
-            continue
-        _k_plausibility(col, K, int(im["width"]), int(im["height"]), file, rec)
-    for j, a in enumerate(data.get("annotations") or []):
-        if not isinstance(a, dict):
-            continue
-        rec = f"annotation id {a['id']}" if "id" in a else f"annotations[{j}]"
-        R = None
-        if "R_cam" in a:
-            try:
-                R = np.asarray(a["R_cam"], np.float64)
-                check_rotation_matrix(R, what="R_cam", file=file, record=rec)
-            except DataError as e:
-                col.from_error("rotation", e)
-                R = None
-            except (TypeError, ValueError):
-                R = None
-        _check_quaternion(col, a, R, file, rec)
-        for key in ("visibility", "truncation"):
-            v = a.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not (0 <= v <= 1):
-                col.add("error", "label ranges", f"{key} = {v:g} is outside [0, 1]",
-                        f"store {key} as a fraction in [0, 1]", file=file, record=rec, field=key)
-
-
-def _k_plausibility(col: _Collector, K: np.ndarray, w: int, h: int, file: str | None, rec: str) -> None:
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    if abs(fx / fy - 1.0) > 0.05:
-        col.add("warning", "intrinsics", f"fx = {fx:.1f} and fy = {fy:.1f} differ by {abs(fx / fy - 1) * 100:.0f}%",
-                "check that K belongs to this image (non-square pixels are rare; an anisotropic resize "
-                "without updating K gives this)", file=file, record=rec, field="K")
-    if abs(cx - (w - 1) / 2) > 0.25 * w or abs(cy - (h - 1) / 2) > 0.25 * h:
-        col.add("warning", "intrinsics", f"principal point ({cx:.1f}, {cy:.1f}) is far from the centre of the "
-                f"{w}x{h} image", "check that K was updated after cropping", file=file, record=rec, field="K")
-
-
-# ----------------------------------------------------------------------------------------------
-# semantic checks on canonical scenes
-# ----------------------------------------------------------------------------------------------
-
-
-def _all_views(scenes: Sequence[Scene]) -> list[View]:
-    return [v for s in scenes for v in s.views]
-
-
-def _subsample(items: list, n: int) -> list:
-    if len(items) <= n:
-        return items
-    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
-    return [items[i] for i in idx]
-
-
-def _rec(v: View, o: Object3D | None = None) -> str:
-    if o is not None and o.annotation_id is not None:
-        return f"annotation {o.annotation_id}"
-    return f"image {v.image_id}"
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    ua = max(a[2] - a[0], 0) * max(a[3] - a[1], 0) + max(b[2] - b[0], 0) * max(b[3] - b[1], 0) - inter
-    return inter / ua if ua > 0 else 0.0
-
-
-def _contained(inner: np.ndarray, outer: np.ndarray, margin: float = 1.0) -> float:
-    """Share of ``inner``'s area inside ``outer`` grown by ``margin`` pixels."""
-    o = outer + np.array([-margin, -margin, margin, margin])
-    ix = max(0.0, min(inner[2], o[2]) - max(inner[0], o[0]))
-    iy = max(0.0, min(inner[3], o[3]) - max(inner[1], o[1]))
-    area = max(inner[2] - inner[0], 0) * max(inner[3] - inner[1], 0)
-    return ix * iy / area if area > 0 else 1.0
-
-
-_FLIPS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
-    "identity": lambda b, w, h: b,
-    "upside down (vertical flip)": lambda b, w, h: np.array([b[0], h - 1 - b[3], b[2], h - 1 - b[1]]),
-    "mirrored (horizontal flip)": lambda b, w, h: np.array([w - 1 - b[2], b[1], w - 1 - b[0], b[3]]),
-    "rotated by 180 degrees": lambda b, w, h: np.array([w - 1 - b[2], h - 1 - b[3], w - 1 - b[0], h - 1 - b[1]]),
-}
-
-
-def _check_2d(col: _Collector, items: list[tuple[View, Object3D, np.ndarray, str]], file: str | None) -> None:
-    """Stored 2D boxes vs the projected 3D boxes: image orientation and camera-frame convention.
-
-    items: (view, object, stored box x1 y1 x2 y2, kind) with kind ``proj`` (the stored box claims to
-    be the projected 3D box: IoU) or ``tight`` (an object silhouette box: contained in the projection).
-    """
-    scores: dict[str, list[float]] = defaultdict(list)
-    centre_in: list[bool] = []
-    for v, o, stored, kind in items:
-        corners = box_corners(np.asarray(o.center_cam), np.asarray(o.dimensions), np.asarray(o.R_cam))
-        proj, trunc = box2d_from_box3d(v.K, corners, v.width, v.height)
-        if not np.all(np.isfinite(proj)) or float(trunc) > 0.3 or o.center_cam[2] <= 0:
-            continue
-        for name, fn in _FLIPS.items():
-            s = fn(np.asarray(stored, np.float64), v.width, v.height)
-            scores[name].append(_box_iou(proj, s) if kind == "proj" else _contained(s, proj))
-        c = v.K @ np.asarray(o.center_cam)
-        u, w_ = c[0] / c[2], c[1] / c[2]
-        b = np.asarray(stored, np.float64)
-        centre_in.append(bool(b[0] - 1 <= u <= b[2] + 1 and b[1] - 1 <= w_ <= b[3] + 1))
-    if not scores:
-        return
-    thresh = 0.7  # share of objects that must agree
-    kinds = {kind for *_, kind in items}
-    agree = 0.5 if kinds == {"proj"} else 0.8  # IoU for projected boxes, containment for silhouettes
-    good = {k: float(np.mean(np.asarray(s) >= agree)) for k, s in scores.items()}
-    best = max(good, key=good.get)
-    n = len(scores["identity"])
-    if good["identity"] < thresh:
-        if best != "identity" and good[best] >= thresh:
-            # a vertical flip of the pixels and a y-up label convention look the same from the boxes alone
-            also = (" -- or the 3D labels use a flipped-y (y-up) camera convention"
-                    if best.startswith("upside") else "")
-            col.add("error", "image orientation",
-                    f"only {good['identity']:.0%} of {n} stored 2D boxes agree with the projected 3D boxes, but "
-                    f"{good[best]:.0%} do if the image is {best}{also}",
-                    f"the images (or their 2D boxes) are {best} relative to K and the 3D labels: re-export the "
-                    "images upright (row 0 at the top) or fix the 2D boxes; if the images are upright, convert "
-                    "the labels to the OpenCV frame (x right, y down, z forward)", file=file, field="bbox2D")
-        elif np.mean(centre_in) < 0.5:
-            col.add("error", "camera frame",
-                    f"projected 3D centres fall outside their stored 2D boxes for {1 - np.mean(centre_in):.0%} of "
-                    f"{n} objects", "the 3D labels are not in the OpenCV camera frame (x right, y down, z forward); "
-                    "a y-up camera needs y and z flipped: T_cam_opencv = T_cam_gl @ diag(1, -1, -1, 1)",
-                    file=file, field="center_cam")
-        else:
-            col.add("error", "image orientation",
-                    f"only {good['identity']:.0%} of {n} stored 2D boxes agree with the projected 3D boxes",
-                    "check that K, the image size and the 3D boxes belong to these images", file=file, field="bbox2D")
-    elif np.mean(centre_in) < 0.8:
-        col.add("warning", "camera frame",
-                f"projected 3D centres fall outside their stored 2D boxes for {1 - np.mean(centre_in):.0%} of objects",
-                "check the camera-frame convention of the 3D labels (OpenCV: x right, y down, z forward)",
-                file=file, field="center_cam")
-
-
-def _check_scenes(col: _Collector, scenes: Sequence[Scene], file: str | None, *, bins: str | None,
-                  label_filter: LabelFilter, max_views: int, max_depth_images: int,
-                  stored_boxes: Callable[[View, Object3D], tuple[np.ndarray, str] | None],
-                  stats: dict[str, Any]) -> None:
-    views = _all_views(scenes)
-    objs = [(v, o) for v in views for o in v.objects]
-    stats.update(images=len(views), objects=len(objs))
-    if not views:
-        col.add("error", "read", "the dataset has no images", "point the doctor at a non-empty dataset", file=file)
-        return
-    if not objs:
-        col.add("error", "read", "the dataset has no annotated objects", "add annotations (or set valid3D true)",
-                file=file)
-        return
-    centers = np.array([o.center_cam for _, o in objs], np.float64)  # (N, 3)
-    dims = np.array([o.dimensions for _, o in objs], np.float64)  # (N, 3)
-    # camera frame: in front
-    front = float(np.mean(centers[:, 2] > 0))
-    if front < 0.9:
-        col.add("error", "camera frame", f"only {front:.0%} of object centres are in front of the camera (z > 0)",
-                "use the OpenCV camera frame (z forward); an OpenGL camera looks down -z: flip y and z",
-                file=file, field="center_cam")
-    # units
-    med_dim = float(np.median(dims))
-    med_dist = float(np.median(np.linalg.norm(centers, axis=1)))
-    if med_dim > 20:
-        col.add("error", "units", f"median box dimension is {med_dim:.4g}: millimetres, not metres",
-                "divide dimensions by 1000 (the contract is metres)", file=file, field="dimensions")
-    elif med_dim < 0.003:
-        col.add("warning", "units", f"median box dimension is {med_dim:.3g} m (smaller than 3 mm)",
-                "check the units of the dimensions (metres)", file=file, field="dimensions")
-    if med_dist > 50:
-        col.add("error", "units", f"median object distance is {med_dist:.4g}: millimetres, not metres",
-                "divide translations by 1000 (the contract is metres)", file=file, field="center_cam")
-    elif float(np.median(centers[:, 2])) > 20:
-        col.add("warning", "units", f"median object depth is {np.median(centers[:, 2]):.3g} m",
-                "check the units of the translations (metres) unless this is outdoor data", file=file,
-                field="center_cam")
-    # constant labels
-    if len(objs) >= 5:
-        for arr, name, fld in ((dims, "dimension", "dimensions"), (centers[:, 2:], "depth z", "center_cam")):
-            sd = arr.std(axis=0)
-            if np.any(sd < 1e-6 * max(1.0, float(np.abs(arr).mean()))):
-                col.add("warning", "constant labels",
-                        f"{name} has (near) zero spread over {len(objs)} objects (std {sd.min():.2g})",
-                        "a constant label makes z-score normalisation divide by ~0 and collapses quantile bins: "
-                        "check the converter, or mix this source with others before fitting bins",
-                        file=file, field=fld)
-    # label ranges / filter
-    for v, o in objs:
-        for key in ("visibility", "truncation"):
-            val = float(getattr(o, key))
-            if not (0.0 <= val <= 1.0) and not col.has(_rec(v, o), key):
-                col.add("error", "label ranges", f"{key} = {val:g} is outside [0, 1]",
-                        f"store {key} as a fraction in [0, 1]", file=file, record=_rec(v, o), field=key)
-    kept = sum(label_filter.keep(o, v.K, v.width, v.height) for v, o in objs)
-    stats["objects_kept"] = int(kept)
-    if kept == 0:
-        col.add("error", "label ranges", f"none of {len(objs)} objects passes the label filter {label_filter}",
-                "check visibility / truncation values (fractions) and the camera frame", file=file)
-    # intrinsics plausibility (one finding per distinct K)
-    seen_K: set[bytes] = set()
-    for v in views:
-        key = np.round(v.K, 3).tobytes() + bytes([v.width % 251, v.height % 251])
-        if key not in seen_K:
-            seen_K.add(key)
-            _k_plausibility(col, v.K, v.width, v.height, file, _rec(v))
-    # stored 2D boxes vs projections
-    sample = _subsample(views, max_views)
-    items = []
-    for v in sample:
-        for o in v.objects:
-            sb = stored_boxes(v, o)
-            if sb is not None:
-                items.append((v, o, sb[0], sb[1]))
-    _check_2d(col, items, file)
-    # pixels: RGB readable, depth scale plausible and consistent with the labels
-    ratios: list[float] = []
-    medians: list[float] = []
-    for v in _subsample(views, max_depth_images):
-        try:
-            load_rgb(v)
-        except DataError as e:
-            col.from_error("read", e)
-        if v.depth_path is None:
-            continue
-        try:
-            d = load_depth(v)
-        except DataError as e:
-            col.from_error("depth scale", e)
-            continue
-        valid = d > 0
-        if not valid.any():
-            col.add("warning", "depth scale", "depth image has no valid pixel", "check the depth file",
-                    file=v.depth_path, record=_rec(v), field="depth_path")
-            continue
-        medians.append(float(np.median(d[valid])))
-        for o in v.objects:
-            z = float(o.center_cam[2])
-            if z <= 0:
-                continue
-            uv = v.K @ np.asarray(o.center_cam)
-            u, w_ = int(round(uv[0] / uv[2])), int(round(uv[1] / uv[2]))
-            if 1 <= u < v.width - 1 and 1 <= w_ < v.height - 1:
-                patch = d[w_ - 1 : w_ + 2, u - 1 : u + 2]
-                if (patch > 0).any():
-                    ratios.append(float(np.median(patch[patch > 0])) / z)
-    if medians:
-        med = float(np.median(medians))
-        stats["median_depth_m"] = round(med, 3)
-        if not (0.05 <= med <= 20.0):
-            col.add("error", "depth scale", f"median valid depth is {med:.4g} m (expected 0.05-20 m)",
-                    "fix the depth scale (metres per PNG unit): e.g. SUN RGB-D 1e-4, ARKitScenes 1e-3, BOP "
-                    "depth_scale is millimetres per unit", file=file, field="depth_scale")
-    if len(ratios) >= 3:
-        r = float(np.median(ratios))
-        stats["depth_over_label_z"] = round(r, 3)
-        if not (0.6 <= r <= 1.4):
-            col.add("error", "depth scale",
-                    f"depth at projected object centres is {r:.3g}x the labelled z (median of {len(ratios)})",
-                    f"the depth scale disagrees with the 3D labels: multiply the depth scale by {1 / r:.3g} (or fix "
-                    "the label units)", file=file, field="depth_scale")
-    # bins
-    if bins is not None:
-        _check_bins(col, scenes, bins, label_filter)
-
-
-def _check_bins(col: _Collector, scenes: Sequence[Scene], bins: str, label_filter: LabelFilter) -> None:
-    from posevla.data.fitting import collect_labels
-    from posevla.tokens import BinSpec
-
-    try:
-        spec = BinSpec.load(bins)
-        labels = collect_labels(scenes, label_filter)
-    except DataError as e:
-        col.from_error("bin coverage", e)
-        return
-    for fam, vals, edges in (("trans_xy", labels["trans_xy"], spec.trans_xy_edges),
-                             ("trans_z", labels["trans_z"], spec.trans_z_edges),
-                             ("size", labels["size"], spec.size_edges)):
-        out = float(np.mean((vals < edges[0]) | (vals > edges[-1])))
-        if out > 0.01:
-            sev = "error" if out > 0.2 else "warning"
-            col.add(sev, "bin coverage",
-                    f"{out:.1%} of {fam} labels lie outside the bin range [{edges[0]:.3g}, {edges[-1]:.3g}] m "
-                    "(they clip to the end bins)", "refit the bins on data that includes this dataset "
-                    "(posevla fit-bins), or check the units", file=bins, field=fam)
-
-
-# ----------------------------------------------------------------------------------------------
-# per-format drivers
-# ----------------------------------------------------------------------------------------------
-
-
-def _doctor_omni3d(col: _Collector, json_path: Path, kw: dict, stats: dict) -> None:
-    _raw_omni3d(col, json_path)
+def _doctor_omni3d(col: Collector, json_path: Path, kw: dict, stats: dict) -> None:
+    check_raw_omni3d(col, json_path)
     try:
         scenes = load_omni3d(json_path)
     except DataError as e:
         if not col.has(e.record, e.field):
             col.from_error("read", e)
         return
-    _check_scenes(col, scenes, str(json_path), stored_boxes=lambda v, o: (np.asarray(o.bbox2d, np.float64), "proj"),
+    check_scenes(col, scenes, str(json_path), stored_boxes=lambda v, o: (np.asarray(o.bbox2d, np.float64), "proj"),
                   stats=stats, **kw)
 
 
-def _doctor_bop(col: _Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
+def _doctor_bop(col: Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
     from posevla.data.formats.bop import bop_splits, load_bop
 
     splits = bop_splits(root)
@@ -576,19 +172,12 @@ def _doctor_bop(col: _Collector, root: Path, kw: dict, stats: dict, category_nam
             return None
         return np.array([x, y, x + w - 1, y + h - 1]), "tight"
 
-    _check_scenes(col, scenes, str(root), stored_boxes=stored, stats=stats, **kw)
+    check_scenes(col, scenes, str(root), stored_boxes=stored, stats=stats, **kw)
 
 
-def _doctor_lerobot(col: _Collector, root: Path, stats: dict) -> None:
+def _doctor_lerobot(col: Collector, root: Path, stats: dict) -> None:
     try:
-        mod = importlib.import_module("posevla.data.formats.lerobot")
-        loader = mod.load_lerobot_v3
-    except (ImportError, AttributeError):
-        col.add("error", "read", "this installation has no LeRobot v3 reader (posevla.data.formats.lerobot.load_lerobot_v3)",
-                "install a posevla version with LeRobot support", file=root / "meta" / "info.json")
-        return
-    try:
-        ds = loader(root)
+        ds = load_lerobot_v3(root)
     except DataError as e:
         col.from_error("read", e)
         return
@@ -617,7 +206,7 @@ def run_doctor(
         max_views: views sampled for the 2D-box agreement checks.
         max_depth_images: views whose RGB and depth are read for the pixel checks.
     """
-    col = _Collector()
+    col = Collector()
     stats: dict[str, Any] = {}
     try:
         fmt, p = detect_format(path)

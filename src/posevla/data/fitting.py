@@ -2,9 +2,9 @@
 
 Stage-1 sources give box translations, sizes and rotations (:func:`collect_labels`); stage-2 sources
 give waypoint translations (:func:`posevla.data.trajectory.collect_waypoint_translations`). The bins
-are quantiles of all of them pooled (:func:`merge_labels`, :func:`fit_bins_on_labels`), so one bin spec
-serves both pre-training stages; :func:`posevla.data.sources.fit_source_bins` does this for the
-sources of a training config.
+are quantiles of all of them pooled (:func:`merge_labels`, :func:`fit_bins`), so one bin spec serves both
+pre-training stages; :func:`posevla.data.sources.fit_source_bins` does this for the sources of a training
+config.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from posevla.data.formats.omni3d import Scene
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 from posevla.geometry import matrix_to_euler_xyz
-from posevla.tokens import BinSpec
+from posevla.tokens import BinCounts, BinSpec
 
 LABEL_KEYS = ("trans_xy", "trans_z", "size", "rot")
 
@@ -61,17 +61,11 @@ def waypoint_labels(translations: np.ndarray) -> dict[str, np.ndarray]:
     return {"trans_xy": t[:, :2].reshape(-1), "trans_z": t[:, 2]}
 
 
-def fit_bins_on_labels(
-    labels: Mapping[str, np.ndarray],
-    *,
-    n_trans_xy: int = 2048,
-    n_trans_z: int = 2048,
-    n_size: int = 2048,
-    n_rot: int = 360,
-    n_loc: int = 1024,
-    description: str = "",
-) -> BinSpec:
-    """Quantile bin edges of pooled labels (``trans_xy``, ``trans_z``, ``size``; see :func:`merge_labels`)."""
+def fit_bins(labels: Mapping[str, np.ndarray], counts: BinCounts | None = None, *, description: str = "") -> BinSpec:
+    """Quantile bin edges of pooled labels (``trans_xy``, ``trans_z``, ``size``; see :func:`merge_labels`).
+
+    ``counts`` default: the paper's (:class:`posevla.tokens.BinCounts`).
+    """
     for k in ("trans_xy", "trans_z"):
         if len(labels.get(k, ())) == 0:
             raise DataError(f"no {k} labels to fit pose-token bins on", field=k,
@@ -80,49 +74,7 @@ def fit_bins_on_labels(
         raise DataError(
             "no object sizes to fit the size bins on: only trajectory sources were given",
             field="size",
-            fix="add a stage-1 (generated / omni3d / bop) source to the fit, or pass --bins with a bins.json "
+            fix="add a stage-1 (generated / omni3d / bop) source to the fit, or pass --bins-file with a bins.json "
             "fitted on stage-1 + stage-2 data (`posevla fit-bins --data STAGE1 STAGE2`)",
         )
-    return BinSpec.fit(
-        labels["trans_xy"],
-        labels["trans_z"],
-        labels["size"],
-        n_trans_xy=n_trans_xy,
-        n_trans_z=n_trans_z,
-        n_size=n_size,
-        n_rot=n_rot,
-        n_loc=n_loc,
-        description=description,
-    )
-
-
-def fit_bins(
-    scenes: Sequence[Scene],
-    *,
-    n_trans_xy: int = 2048,
-    n_trans_z: int = 2048,
-    n_size: int = 2048,
-    n_rot: int = 360,
-    n_loc: int = 1024,
-    description: str = "",
-    label_filter: LabelFilter | None = None,
-    waypoint_translations: np.ndarray | None = None,
-) -> BinSpec:
-    """Quantile bin edges fitted on the kept labels of `scenes` (and stage-2 waypoints (N, 3), if given)."""
-    parts = [collect_labels(scenes, label_filter)]
-    n_way = 0
-    if waypoint_translations is not None:
-        parts.append(waypoint_labels(waypoint_translations))
-        n_way = len(parts[-1]["trans_z"])
-    labels = merge_labels(parts)
-    n_obj = len(parts[0]["trans_z"])
-    default = f"fitted on {n_obj} objects from {len(scenes)} scenes" + (f" and {n_way} waypoints" if n_way else "")
-    return fit_bins_on_labels(
-        labels,
-        n_trans_xy=n_trans_xy,
-        n_trans_z=n_trans_z,
-        n_size=n_size,
-        n_rot=n_rot,
-        n_loc=n_loc,
-        description=description or default,
-    )
+    return BinSpec.fit(labels["trans_xy"], labels["trans_z"], labels["size"], counts, description=description)

@@ -17,7 +17,7 @@ reports per-source loss and token accuracy (:func:`per_source_metrics`) without 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,6 +148,10 @@ class Mixture:
         out = collate(examples, codec, tokenizer, self.spec)
         out["source"] = torch.tensor([s for s, _, _ in plan], dtype=torch.int64)  # (B,)
         return out
+
+    def batch_fn(self, codec: Any, tokenizer: Any) -> Callable[[int], dict[str, torch.Tensor]]:
+        """:meth:`batch` as a picklable function of the step (for `posevla.data.streaming.stream_batches`)."""
+        return _MixtureBatches(self, codec, tokenizer)
 
     def batches(
         self,

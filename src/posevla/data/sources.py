@@ -26,12 +26,12 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from posevla.data.doctor import DoctorReport, detect_format, run_doctor
-from posevla.data.fitting import collect_labels, fit_bins_on_labels, merge_labels, waypoint_labels
+from posevla.data.fitting import collect_labels, fit_bins, merge_labels, waypoint_labels
 from posevla.data.formats.bop import load_bop
 from posevla.data.formats.lerobot import LeRobotV3Dataset, load_lerobot_v3
 from posevla.data.formats.omni3d import Scene, load_omni3d
@@ -39,11 +39,19 @@ from posevla.data.grounding import LabelFilter
 from posevla.data.trajectory import TrajectoryConfig, collect_waypoint_translations
 from posevla.data.views import BOP_CROPS, DEFAULT_CROPS, PseudoViewConfig
 from posevla.errors import ConfigError, DataError, TrainingError
-from posevla.tokens import BinSpec
+from posevla.tokens import BinCounts, BinSpec
 
-SourceKind = Literal["generated", "omni3d", "bop", "lerobot"]
-SOURCE_KINDS: tuple[str, ...] = ("generated", "omni3d", "bop", "lerobot")
-GROUNDING_KINDS: tuple[str, ...] = ("generated", "omni3d", "bop")
+#: Source kind -> how it is read: ``(reader, grounding)``; a reader takes the spec and returns grounding scenes
+#: (``grounding`` True: 3D boxes, stage 1) or a LeRobot dataset (trajectories, stage 2). A new format is one
+#: reader in `posevla.data.formats` and one line here (plus its checks in the data doctor).
+SOURCE_KINDS: dict[str, tuple[Callable[[SourceSpec], Any], bool]] = {
+    "generated": (lambda spec: load_omni3d(_omni3d_json(spec.path)), True),
+    "omni3d": (lambda spec: load_omni3d(_omni3d_json(spec.path)), True),
+    "bop": (lambda spec: load_bop(spec.path, spec.split, category_names=spec.category_names), True),
+    "lerobot": (lambda spec: load_lerobot_v3(spec.path), False),
+}
+SourceKind = Literal[tuple(SOURCE_KINDS)]  # type: ignore[valid-type]
+GROUNDING_KINDS: tuple[str, ...] = tuple(k for k, (_, grounding) in SOURCE_KINDS.items() if grounding)
 #: Default per-source weight n ** WEIGHT_EXPONENT (spec §2.1, `weighted_sample=True`).
 WEIGHT_EXPONENT = 0.43
 _GENERATED_NAME = "posevla-tabletop"  # info.name of `posevla generate` datasets
@@ -154,7 +162,7 @@ def _require_exists(spec: SourceSpec) -> None:
         raise DataError(
             f"data source {spec.label!r} ({spec.kind}) not found",
             file=str(spec.path),
-            fix="fix the path (e.g. --train-data DIR, or --sources.N.path DIR), or create the dataset "
+            fix="fix the path (e.g. --data.train-data DIR, or --data.sources.N.path DIR), or create the dataset "
             "(`posevla generate` for generated scenes)",
         )
 
@@ -162,11 +170,8 @@ def _require_exists(spec: SourceSpec) -> None:
 def load_source(spec: SourceSpec) -> LoadedSource:
     """Read one source with the project's strict readers (DataError names file, record and field)."""
     _require_exists(spec)
-    if spec.kind in ("generated", "omni3d"):
-        return LoadedSource(spec, scenes=load_omni3d(_omni3d_json(spec.path)))
-    if spec.kind == "bop":
-        return LoadedSource(spec, scenes=load_bop(spec.path, spec.split, category_names=spec.category_names))
-    return LoadedSource(spec, robot=load_lerobot_v3(spec.path))
+    read, grounding = SOURCE_KINDS[spec.kind]
+    return LoadedSource(spec, scenes=read(spec)) if grounding else LoadedSource(spec, robot=read(spec))
 
 
 def check_sources(specs: Sequence[SourceSpec], *, log: Callable[[str], None] = print) -> list[DoctorReport]:
@@ -209,37 +214,20 @@ def source_labels(src: LoadedSource) -> dict[str, np.ndarray]:
     )
 
 
-def fit_source_bins(
-    loaded: Sequence[LoadedSource],
-    *,
-    n_trans_xy: int = 2048,
-    n_trans_z: int = 2048,
-    n_size: int = 2048,
-    n_rot: int = 360,
-    n_loc: int = 1024,
-    description: str = "",
-) -> BinSpec:
-    """Quantile bins fitted on every source's labels (open question 1).
+def fit_source_bins(loaded: Sequence[LoadedSource], counts: BinCounts | None = None, *, description: str = "") -> BinSpec:
+    """Quantile bins fitted on every source's labels (open question 1), with ``counts`` tokens per family.
 
     Grounding sources give box translations, sizes and rotations (their own label filter, full views);
     ``lerobot`` sources give the camera-frame translations of the listed waypoints (x, y pooled into
     ``trans_xy``, z into ``trans_z``). Size bins need at least one grounding source.
     """
-    parts, counts = [], []
+    parts, notes = [], []
     for src in loaded:
         lab = source_labels(src)
         what = "objects" if src.scenes is not None else "waypoints"
-        counts.append(f"{len(lab['trans_z'])} {what} from {src.spec.label}")
+        notes.append(f"{len(lab['trans_z'])} {what} from {src.spec.label}")
         parts.append(lab)
-    return fit_bins_on_labels(
-        merge_labels(parts),
-        n_trans_xy=n_trans_xy,
-        n_trans_z=n_trans_z,
-        n_size=n_size,
-        n_rot=n_rot,
-        n_loc=n_loc,
-        description=description or "fitted on " + ", ".join(counts),
-    )
+    return fit_bins(merge_labels(parts), counts, description=description or "fitted on " + ", ".join(notes))
 
 
 def bins_coverage(loaded: Sequence[LoadedSource], bins: BinSpec) -> list[str]:
@@ -264,6 +252,6 @@ def bins_coverage(loaded: Sequence[LoadedSource], bins: BinSpec) -> list[str]:
                 out.append(
                     f"source {src.spec.label!r}: {100 * share:.1f}% of its {fam} labels lie outside the bins "
                     f"[{e[0]:.3f}, {e[-1]:.3f}] m and are clipped to the end bins; fit the bins on all stages' data "
-                    "(`posevla fit-bins --data STAGE1 STAGE2`, then --bins for stage 1)"
+                    "(`posevla fit-bins --data STAGE1 STAGE2`, then --bins-file for stage 1)"
                 )
     return out

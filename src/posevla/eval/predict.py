@@ -26,10 +26,19 @@ from tqdm import tqdm
 
 from posevla.data.collate import ExampleSpec, collate
 from posevla.data.formats.omni3d import Scene, load_omni3d, load_rgb
-from posevla.data.grounding import CompactView, LabelFilter, build_grounding_example, load_compact_view, scene_categories
+from posevla.data.grounding import (
+    CompactView,
+    LabelFilter,
+    build_grounding_example,
+    load_compact_view,
+    scene_categories,
+)
+from posevla.errors import CheckpointError
 from posevla.eval.grounding import Box3D, evaluate_grounding
 from posevla.geometry import euler_xyz_to_matrix, unproject_points
-from posevla.tokens import BinSpec, PoseCodec, PoseGrammar
+from posevla.runtime import autocast_context, pick_device_and_precision
+from posevla.tokens import GivenAnchorGrammar, PoseCodec, PoseGrammar
+from posevla.training.checkpoint import load_checkpoint
 
 Key = tuple[str, int]  # (scene_id, view index)
 
@@ -109,46 +118,8 @@ def _entry_scores(ids: Sequence[int], logprobs: Sequence[float], sep_id: int) ->
     return scores
 
 
-class GivenAnchorGrammar:
-    """Decoding with the ground-truth answer's structure, names and ``<loc>`` anchors forced.
-
-    The model chooses every pose value (``<transXY>``, ``<transZ>``, ``<size>``, ``<rot>``) itself, in the
-    context of its own earlier choices; everything else is the ground-truth token. This gives the model the
-    information the category-mean baseline gets (the true 2D location), so the two compare like for like.
-    """
-
-    def __init__(self, answer_ids: Sequence[int], value_families: Sequence[np.ndarray]) -> None:
-        self.answer = [int(t) for t in answer_ids]
-        self.families = [np.asarray(f, np.int64) for f in value_families]
-        self._family_of = {int(t): k for k, f in enumerate(self.families) for t in f}
-
-    def start(self) -> int:
-        return 0
-
-    def advance(self, state: int, token: int) -> int:
-        return state + 1
-
-    def is_done(self, state: int) -> bool:
-        return state >= len(self.answer)
-
-    def max_length(self) -> int:
-        return len(self.answer)
-
-    def allowed_mask(self, state: int, vocab_size: int) -> np.ndarray:
-        mask = np.zeros(vocab_size, bool)
-        if state >= len(self.answer):
-            return mask
-        t = self.answer[state]
-        k = self._family_of.get(t)
-        if k is None:
-            mask[t] = True
-        else:
-            mask[self.families[k]] = True
-        return mask
-
-
 class GroundingPredictor:
-    """Loads a checkpoint and turns (scene, category) prompts into 3D boxes per view."""
+    """Loads a stage-1/2 checkpoint (from what it saved) and turns (scene, category) prompts into 3D boxes per view."""
 
     def __init__(
         self,
@@ -158,25 +129,21 @@ class GroundingPredictor:
         precision: str = "auto",
         max_instances_per_view: int = 8,
     ) -> None:
-        from posevla.training.checkpoint import load_model_weights, read_checkpoint_meta
-        from posevla.training.config import TrainConfig
-        from posevla.runtime import pick_device_and_precision
-        from posevla.training.trainer import build_model
-
-        meta = read_checkpoint_meta(checkpoint)
-        self.meta = meta
-        train_cfg = TrainConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in meta["config"]["train"].items()})
-        self.bins = BinSpec.from_dict(meta["bins"])
-        self.mcfg, self.codec, self.model, self.tokenizer = build_model(train_cfg, self.bins, meta["dir"] / "tokenizer")
-        load_model_weights(self.model, meta["dir"])
+        saved = load_checkpoint(checkpoint)
+        if saved.expert is not None:
+            raise CheckpointError(
+                f"{saved.dir} is a post-training checkpoint (VLM + action expert); evaluate 3D grounding on the "
+                "stage-1/2 checkpoint it was post-trained from"
+            )
+        self.saved = saved
+        self.bins = saved.bins
+        self.mcfg = saved.model
+        self.codec = PoseCodec(saved.bins)
+        self.model = saved.build_model()
+        self.tokenizer = self.model.tokenizer
         self.device, self.use_bf16, _ = pick_device_and_precision(device, precision)
         self.model.to(self.device).eval()
-        self.spec = ExampleSpec(
-            image_size=self.mcfg.image_size,
-            num_views=self.mcfg.num_views,
-            n_image_tokens=self.mcfg.tokens_per_view,
-            prompt_len=self.mcfg.prompt_len,
-        )
+        self.spec = ExampleSpec.from_model(self.mcfg)
         self.token_ids = self.tokenizer.pose_token_ids(self.codec.vocabulary() + [";"])
         self.sep_id = self.token_ids[";"]
         self.max_instances_per_view = max_instances_per_view
@@ -207,8 +174,6 @@ class GroundingPredictor:
         With `given_2d`, the ground-truth objects and their 2D boxes are given and the model predicts only
         their 3D poses (`GivenAnchorGrammar`).
         """
-        from posevla.runtime import autocast_context
-
         batch = collate(examples, self.codec, self.tokenizer, self.spec, with_answer=False)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if given_2d:
@@ -292,8 +257,6 @@ def image_reliance(predictor: GroundingPredictor, scenes: Sequence[Scene], *, n_
     A model that grounds has a clearly positive ``gap``; a gap ≈ 0 means the answers are the same
     whatever the pixels (it predicts category/view marginals only), whatever its AP says.
     """
-    from posevla.runtime import autocast_context
-
     lf = LabelFilter()
     jobs = [(s, c) for s in scenes for c in scene_categories(s, lf)][:n_examples]
     if len(jobs) < 2:

@@ -34,11 +34,10 @@ from typing import Any
 import torch
 
 from posevla.errors import CheckpointError, ConfigError
-from posevla.models.action_expert import ActionExpertConfig
+from posevla.models.config import ActionExpertConfig
 
 __all__ = [
     "PI0_PARTS",
-    "build_pi0_reference",
     "expert_config_from_pi0",
     "load_pi0_checkpoint",
     "load_pi0_state_dict",
@@ -306,27 +305,3 @@ def load_pi0_checkpoint(
             "expert_config_from_pi0(directory) (and a matching VLM), or restrict `parts`"
         )
     return load_pi0_state_dict(model, _read_safetensors(directory), parts=parts, source=str(directory))
-
-
-def build_pi0_reference(policy: torch.nn.Module) -> torch.nn.Module:
-    """A randomly initialised transformers `PI0ForConditionalGeneration` (eval mode) with `policy`'s VLM and
-    expert architecture, e.g. for parity checks and benchmarks after `load_pi0_state_dict`."""
-    from transformers import PI0Config, PI0ForConditionalGeneration
-
-    e = policy.cfg
-    cfg = PI0Config(
-        vlm_config=policy.vlm.hf.config.to_dict(),
-        dit_config={
-            "model_type": "gemma",
-            "hidden_size": e.hidden,
-            "num_hidden_layers": e.layers,
-            "intermediate_size": e.mlp,
-            "num_attention_heads": e.heads,
-            "num_key_value_heads": e.kv_heads,
-            "head_dim": e.head_dim,
-        },
-        chunk_size=e.chunk_size,
-        max_state_dim=e.max_state_dim,
-        max_action_dim=e.max_action_dim,
-    )
-    return PI0ForConditionalGeneration(cfg).eval()

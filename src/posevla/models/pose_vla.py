@@ -1,6 +1,6 @@
 """The Pose-VLA policy: the Pose-VLM as prefix encoder + the flow-matching Gemma action expert (§1.4, §2.3).
 
-`PoseVLAPolicyModel` couples a `PoseVLM` (prefix = 3 image slots (+ depth/ray priors) + prompt) with a
+`PoseVLA` couples a `PoseVLM` (prefix = 3 image slots (+ depth/ray priors) + prompt) with a
 `GemmaActionExpert` whose layers attend into the VLM's per-layer keys/values:
 
 * ``compute_loss(batch)``: one VLM pass over the prefix (with gradient, so the whole model trains, as in the
@@ -26,25 +26,17 @@ import torch
 from torch import nn
 
 from posevla.errors import ConfigError, DataError
-from posevla.models.action_expert import (
-    ActionExpertConfig,
-    GemmaActionExpert,
-    PrefixKV,
-    check_expert_pairing,
-    flow_matching_loss,
-    flow_matching_pair,
-    pad_last_dim,
-    sample_flow_time,
-)
-from posevla.models.config import PoseVLMConfig
+from posevla.models.action_expert import GemmaActionExpert, PrefixKV
+from posevla.models.config import ActionExpertConfig, PoseVLMConfig, check_expert_pairing
+from posevla.models.flow_matching import flow_matching_loss, flow_matching_pair, pad_last_dim, sample_flow_time
 from posevla.models.posevlm import PoseVLM
 from posevla.models.text import PoseTextTokenizer
 
-__all__ = ["PoseVLAPolicyModel"]
+__all__ = ["PoseVLA"]
 
 
-class PoseVLAPolicyModel(nn.Module):
-    """Pose-VLM prefix encoder + flow-matching action expert. Build with `PoseVLAPolicyModel.build`.
+class PoseVLA(nn.Module):
+    """Pose-VLM prefix encoder + flow-matching action expert. Build with `PoseVLA.build`.
 
     Attributes:
         vlm: the `PoseVLM` (its LM head is unused here; the tokenizer travels with it).
@@ -67,14 +59,16 @@ class PoseVLAPolicyModel(nn.Module):
         *,
         dtype: torch.dtype | None = torch.float32,
         bins: Any = None,
-    ) -> PoseVLAPolicyModel:
-        """A policy from configs: the VLM via `PoseVLM.build` (scratch or a PaliGemma dir) + a fresh expert.
+        embedding_rows: int | None = None,
+    ) -> PoseVLA:
+        """A policy from configs: the VLM via `PoseVLM.build` (scratch, a PaliGemma dir, or a skeleton for
+        checkpoint weights with ``embedding_rows``) + a fresh expert.
 
         The expert uses the VLM's attention backend and is created in torch's default dtype on the CPU; move
         the whole model with ``.to(device, dtype)``.
         """
         check_expert_pairing(expert_cfg, vlm_cfg)
-        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype, bins=bins)
+        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype, bins=bins, embedding_rows=embedding_rows)
         return cls(vlm, GemmaActionExpert(expert_cfg, vlm_cfg.attn_implementation))
 
     @property

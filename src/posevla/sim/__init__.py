@@ -29,6 +29,7 @@ from posevla.errors import ConfigError
 
 __all__ = [
     "ENVS",
+    "REPLAN_EVERY",
     "Observation",
     "StepResult",
     "PolicyOutput",
@@ -38,6 +39,12 @@ __all__ = [
     "make_env",
     "resolve_task",
 ]
+
+#: Actions executed from each predicted chunk before a policy is queried again; None = the whole chunk, as the
+#: paper deploys (spec §1.4). The one default of `posevla.policy.ActionChunker`, the rollout, `posevla eval sim`
+#: and the demo; fewer reacts faster at the cost of a query each time (the released RoboTwin checkpoint runs 12
+#: of 16).
+REPLAN_EVERY: int | None = None
 
 #: Simulator name -> the module implementing it (imported on first use). One line per simulator.
 ENVS: dict[str, str] = {

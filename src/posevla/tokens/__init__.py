@@ -3,7 +3,7 @@
 Pure numpy/python (no torch).  See docs/design.md (section tokens/) and spec §1.3.
 """
 
-from posevla.tokens.bins import BINSPEC_VERSION, EDGE_FAMILIES, FAMILIES, BinSpec
+from posevla.tokens.bins import BINSPEC_VERSION, EDGE_FAMILIES, FAMILIES, BinCounts, BinSpec
 from posevla.tokens.codec import (
     EOS_STRINGS,
     NO_OBJECT,
@@ -14,13 +14,14 @@ from posevla.tokens.codec import (
     ViewAnswer,
     sort_near_to_far,
 )
-from posevla.tokens.grammar import GrammarState, PoseGrammar
+from posevla.tokens.grammar import GivenAnchorGrammar, GrammarState, PoseGrammar
 from posevla.tokens.report import format_report, quantization_report
 
 __all__ = [
     "BINSPEC_VERSION",
     "EDGE_FAMILIES",
     "FAMILIES",
+    "BinCounts",
     "BinSpec",
     "EOS_STRINGS",
     "NO_OBJECT",
@@ -30,6 +31,7 @@ __all__ = [
     "PoseEntry",
     "ViewAnswer",
     "sort_near_to_far",
+    "GivenAnchorGrammar",
     "GrammarState",
     "PoseGrammar",
     "format_report",

@@ -13,6 +13,10 @@ Five families turn continuous pose values into discrete token ids:
     Euler angles (radians), ``n_rot`` (360) uniform values over ``[-pi, pi]``: the input is wrapped to
     ``[-pi, pi)``, ``id = round((theta + pi) / (2 pi) * (N - 1))``, decode ``id / (N - 1) * 2 pi - pi``.
 
+How many tokens each family has is one value, :class:`BinCounts` (the paper's 1024 / 2048 / 2048 / 2048 / 360
+by default, :meth:`BinCounts.tiny` for from-scratch CPU models); it travels whole from the training config
+to :meth:`BinSpec.fit` and :meth:`BinCounts.uniform`.
+
 A :class:`BinSpec` is immutable, saved as JSON (``bins.json``) with every tokenised dataset and checkpoint, and
 has a :meth:`BinSpec.fingerprint` so a checkpoint can detect that its data used different bins.
 """
@@ -30,7 +34,7 @@ import numpy as np
 
 from posevla.errors import ConfigError, DataError
 
-__all__ = ["BinSpec", "FAMILIES", "EDGE_FAMILIES", "BINSPEC_VERSION"]
+__all__ = ["BinCounts", "BinSpec", "FAMILIES", "EDGE_FAMILIES", "BINSPEC_VERSION"]
 
 #: All token families, in vocabulary order.
 FAMILIES: tuple[str, ...] = ("loc", "trans_xy", "trans_z", "size", "rot")
@@ -90,6 +94,52 @@ def _as_fit_values(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class BinCounts:
+    """Token counts of the five pose families (the pose-token vocabulary size). One value, one default.
+
+    Attributes:
+        loc: 2D anchor bins over normalised [0, 1] (paper: 1024).
+        trans_xy, trans_z, size: fitted quantile bins of camera-frame x/y, depth and box sizes (paper: 2048).
+        rot: uniform Euler-angle values over [-pi, pi] (paper: 360).
+    """
+
+    loc: int = 1024
+    trans_xy: int = 2048
+    trans_z: int = 2048
+    size: int = 2048
+    rot: int = 360
+
+    def __post_init__(self) -> None:
+        for fam in FAMILIES:
+            n = getattr(self, fam)
+            lo = 2 if fam == "rot" else 1
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < lo:
+                raise ConfigError(f"bin count '{fam}' must be an integer >= {lo}, got {n!r}")
+            object.__setattr__(self, fam, int(n))
+
+    @classmethod
+    def tiny(cls) -> BinCounts:
+        """Coarser families for a from-scratch model on a CPU budget (each bin is seen far more often; the
+        quantisation error stays well under the IoU tolerances, see ``posevla tokens report``)."""
+        return cls(loc=128, trans_xy=64, trans_z=64, size=64, rot=72)
+
+    def uniform(self, description: str = "uniform") -> BinSpec:
+        """Uniform bins over a table-top workspace (x, y in [-2, 2] m, depth [0, 4] m, sizes [0, 2] m).
+
+        For a model without pose pre-training (post-training from scratch): the bins only fix the vocabulary
+        (the same token counts as a pose-pretrained model of the same config) and what a plan decodes to.
+        """
+        return BinSpec(
+            np.linspace(-2.0, 2.0, self.trans_xy + 1),
+            np.linspace(0.0, 4.0, self.trans_z + 1),
+            np.linspace(0.0, 2.0, self.size + 1),
+            n_rot=self.rot,
+            n_loc=self.loc,
+            description=description,
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class BinSpec:
     """Immutable quantisation tables for all pose-token families.
@@ -129,31 +179,20 @@ class BinSpec:
     # ------------------------------------------------------------------ construction
     @classmethod
     def fit(
-        cls,
-        trans_xy: Any,
-        trans_z: Any,
-        size: Any,
-        *,
-        n_trans_xy: int = 2048,
-        n_trans_z: int = 2048,
-        n_size: int = 2048,
-        n_rot: int = 360,
-        n_loc: int = 1024,
-        description: str = "",
+        cls, trans_xy: Any, trans_z: Any, size: Any, counts: BinCounts | None = None, *, description: str = ""
     ) -> BinSpec:
         """Fit non-uniform edges as quantiles of the given values (any shape; flattened).
 
         ``trans_xy`` holds x and y values pooled (e.g. an ``(M, 2)`` array of x, y); ``trans_z`` the depths;
-        ``size`` all of w, h, l pooled.  Units are metres.
+        ``size`` all of w, h, l pooled.  Units are metres. ``counts`` default: :class:`BinCounts` ().
         """
-        counts = {"trans_xy": n_trans_xy, "trans_z": n_trans_z, "size": n_size}
+        counts = counts if counts is not None else BinCounts()
+        if not isinstance(counts, BinCounts):
+            raise ConfigError(f"counts must be a BinCounts, got {type(counts).__name__}")
         edges = {}
         for fam, vals in (("trans_xy", trans_xy), ("trans_z", trans_z), ("size", size)):
-            n = counts[fam]
-            if int(n) != n or n < 1:
-                raise ConfigError(f"n_{fam} must be a positive integer, got {n!r}")
-            edges[fam] = _strictly_increasing_quantiles(_as_fit_values(vals, fam), int(n))
-        return cls(edges["trans_xy"], edges["trans_z"], edges["size"], n_rot=n_rot, n_loc=n_loc,
+            edges[fam] = _strictly_increasing_quantiles(_as_fit_values(vals, fam), getattr(counts, fam))
+        return cls(edges["trans_xy"], edges["trans_z"], edges["size"], n_rot=counts.rot, n_loc=counts.loc,
                    description=description)
 
     # ------------------------------------------------------------------ queries
@@ -168,6 +207,11 @@ class BinSpec:
             raise ConfigError(f"family {family!r} is uniform and has no fitted edges; "
                               f"edge families: {', '.join(EDGE_FAMILIES)}")
         return getattr(self, f"{family}_edges")
+
+    @property
+    def counts(self) -> BinCounts:
+        """The token count of every family."""
+        return BinCounts(**{f: self.num_bins(f) for f in FAMILIES})
 
     def num_bins(self, family: str) -> int:
         """Number of token ids in ``family``."""

@@ -17,6 +17,9 @@ detokenised, always parses with :meth:`PoseCodec.parse`.
 States are small hashable tuples, so a batch of decoders can each hold one; ``advance`` returns a new state.
 After EOS the state is *done*; a done state allows (and stays done on) EOS only, so finished rows of a batch
 can be padded with EOS.
+
+:class:`GivenAnchorGrammar` forces a known answer's structure, names and ``<loc>`` anchors and leaves every
+pose value to the model (the given-2D evaluation mode).
 """
 
 from __future__ import annotations
@@ -259,3 +262,41 @@ class PoseGrammar:
 
     def _after_close(self, v: int) -> GrammarState:
         return ("open", v + 1) if v + 1 < self.num_views else ("eos",)
+
+
+class GivenAnchorGrammar:
+    """Decoding with the ground-truth answer's structure, names and ``<loc>`` anchors forced.
+
+    The model chooses every pose value (``<transXY>``, ``<transZ>``, ``<size>``, ``<rot>``) itself, in the
+    context of its own earlier choices; everything else is the ground-truth token. This gives the model the
+    information the category-mean baseline gets (the true 2D location), so the two compare like for like.
+    """
+
+    def __init__(self, answer_ids: Sequence[int], value_families: Sequence[np.ndarray]) -> None:
+        self.answer = [int(t) for t in answer_ids]
+        self.families = [np.asarray(f, np.int64) for f in value_families]
+        self._family_of = {int(t): k for k, f in enumerate(self.families) for t in f}
+
+    def start(self) -> int:
+        return 0
+
+    def advance(self, state: int, token: int) -> int:
+        return state + 1
+
+    def is_done(self, state: int) -> bool:
+        return state >= len(self.answer)
+
+    def max_length(self) -> int:
+        return len(self.answer)
+
+    def allowed_mask(self, state: int, vocab_size: int) -> np.ndarray:
+        mask = np.zeros(vocab_size, bool)
+        if state >= len(self.answer):
+            return mask
+        t = self.answer[state]
+        k = self._family_of.get(t)
+        if k is None:
+            mask[t] = True
+        else:
+            mask[self.families[k]] = True
+        return mask

@@ -1,11 +1,14 @@
-"""Self-describing, atomically written checkpoints.
+"""Self-describing, atomically written checkpoints, and the one loader that rebuilds them from what they saved.
 
 Layout of `<out_dir>/checkpoints/step_000500/`:
   model.safetensors      weights (tied embeddings stored once)
   optimizer.pt           optimizer + scheduler state
   trainer_state.json     step, data position, metrics of the last step
   rng.pt                 torch / numpy / python RNG states (for exact resume)
-  config.json            the fully resolved TrainConfig + model config
+  config.json            sections ``train`` (the resolved TrainConfig), ``model`` (PoseVLMConfig), ``expert``
+                         (ActionExpertConfig, post-training only) and ``data`` (what the run's data was:
+                         token runs: categories and sources; post-training: cameras, image sizes, camera
+                         config and the state / action dims)
   bins.json              the pose-token bin spec the model was trained with
   norm_stats.json        state / action normalisation statistics (post-training checkpoints only;
                          `posevla.data.normalize.load_norm_stats` reads and validates it)
@@ -15,6 +18,12 @@ Layout of `<out_dir>/checkpoints/step_000500/`:
 A checkpoint is written under a temporary name and renamed into place; `checkpoints/latest` (a text
 file naming the directory) is replaced atomically only after that rename, so killing the process at
 any moment never leaves a corrupt "latest". No device is recorded anywhere.
+
+:func:`load_checkpoint` is the only reader: the trainer (resume / init), `posevla.policy.Policy` and the
+grounding predictor all use the :class:`Checkpoint` it returns. The model is rebuilt from the *saved*
+``model`` / ``expert`` sections (:meth:`Checkpoint.build_model`), never from the named-size registries, so
+editing ``MODEL_CONFIGS["tiny"]`` cannot change how an existing checkpoint loads. Checkpoints written before
+the training config was nested (a flat ``train`` section) load through `TrainConfig.from_dict`.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +41,26 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from posevla.errors import CheckpointError
+from posevla.data.action_space import ActionConfig
+from posevla.data.normalize import NORM_STATS_FILE, NormStats, load_norm_stats
+from posevla.errors import CheckpointError, ConfigError, DataError
+from posevla.models.config import ActionExpertConfig, PoseVLMConfig
+from posevla.models.factory import build_policy, build_vlm
+from posevla.models.text import PoseTextTokenizer
+from posevla.runtime import package_versions
+from posevla.tokens import BinSpec
+from posevla.training.config import TrainConfig
+
+__all__ = [
+    "Checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "resolve_checkpoint",
+    "load_model_weights",
+    "load_training_state",
+]
 
 REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "config.json", "bins.json")
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("posevla", "torch", "transformers", "mujoco", "numpy", "safetensors", "tokenizers"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -155,22 +170,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def read_checkpoint_meta(ckpt: str | Path) -> dict[str, Any]:
-    """config.json, bins.json and trainer_state.json of a checkpoint, validated."""
-    d = resolve_checkpoint(ckpt)
-    missing = [f for f in REQUIRED_FILES if not (d / f).exists()]
-    if missing:
-        raise CheckpointError(f"checkpoint {d} is incomplete: missing {', '.join(missing)}; it cannot be used")
-    out = {}
-    for key, fname in (("config", "config.json"), ("bins", "bins.json"), ("trainer_state", "trainer_state.json")):
-        try:
-            out[key] = json.loads((d / fname).read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{d / fname} is not valid JSON ({e}); the checkpoint is corrupt") from e
-    out["dir"] = d
-    return out
-
-
 def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path, *, strict: bool = True) -> None:
     """Load model.safetensors (with tied-weight aliases) into `model`."""
     d = resolve_checkpoint(ckpt_dir)
@@ -206,3 +205,147 @@ def load_training_state(ckpt_dir: str | Path, optimizer, scheduler) -> dict[str,
         scheduler.load_state_dict(opt["scheduler"])
     set_rng_state(rng)
     return json.loads((d / "trainer_state.json").read_text())
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything a consumer needs of one checkpoint directory, read from what it saved.
+
+    Attributes:
+        dir: the ``step_*`` directory.
+        step: the training step it was written at.
+        train: the resolved training config of the run that wrote it.
+        model: the saved Pose-VLM architecture; expert: the saved action expert (post-training only).
+        bins: the pose-token bins its tokens mean.
+        norm_stats: ``{"state", "actions"}`` statistics (post-training only).
+        data: the run's description of its data (see the module docstring).
+        trainer_state: ``trainer_state.json``.
+    """
+
+    dir: Path
+    step: int
+    train: TrainConfig
+    model: PoseVLMConfig
+    expert: ActionExpertConfig | None
+    bins: BinSpec
+    norm_stats: dict[str, NormStats] | None
+    data: dict[str, Any]
+    trainer_state: dict[str, Any]
+
+    @property
+    def objective(self) -> str:
+        return self.train.objective
+
+    @property
+    def action(self) -> ActionConfig | None:
+        """The action config of a post-training checkpoint, else None."""
+        return self.train.action if self.expert is not None else None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.dir / "tokenizer"
+
+    def tokenizer(self) -> PoseTextTokenizer:
+        """The saved text tokenizer (pose tokens included)."""
+        return PoseTextTokenizer.load(self.tokenizer_dir)
+
+    def embedding_rows(self) -> int:
+        """Rows of the saved embedding matrix (read from the safetensors header, no tensor is loaded)."""
+        from safetensors import safe_open
+
+        path = self.dir / "model.safetensors"
+        try:
+            with safe_open(str(path), "pt") as f:
+                key = next((k for k in f.keys() if k.endswith("language_model.embed_tokens.weight")), None)
+                if key is None:
+                    raise CheckpointError(f"{path} holds no Gemma embedding matrix (embed_tokens.weight)")
+                return int(f.get_slice(key).get_shape()[0])
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt") from e
+
+    def build_model(self, *, weights: bool = True) -> torch.nn.Module:
+        """The saved model (`PoseVLM`, or `PoseVLA` for post-training), rebuilt from the saved ``model`` /
+        ``expert`` sections, bins and tokenizer, with its weights (``weights=False``: random init, for tests)."""
+        kw = dict(tokenizer=self.tokenizer(), embedding_rows=self.embedding_rows())
+        if self.expert is not None:
+            model = build_policy(self.model, self.expert, self.bins, **kw)
+        else:
+            model = build_vlm(self.model, self.bins, **kw)
+        if weights:
+            load_model_weights(model, self.dir)
+        return model
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint (a ``step_*`` dir, or a run dir with ``checkpoints/latest.json``), validated.
+
+    Raises:
+        CheckpointError: missing, incomplete or corrupt files, a config that cannot be rebuilt, or
+            statistics that do not belong to the config.
+    """
+    d = resolve_checkpoint(path)
+    missing = [f for f in REQUIRED_FILES if not (d / f).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {d} is incomplete: missing {', '.join(missing)}; it cannot be used")
+    conf = _read_json(d / "config.json")
+    state = _read_json(d / "trainer_state.json")
+    for key in ("train", "model"):
+        if not isinstance(conf.get(key), dict):
+            raise CheckpointError(f"{d / 'config.json'} has no '{key}' section; the checkpoint is incomplete")
+    try:
+        train = TrainConfig.from_dict(conf["train"])
+        model = PoseVLMConfig.from_dict(conf["model"])
+        expert = ActionExpertConfig.from_dict(conf["expert"]) if "expert" in conf else None
+    except ConfigError as e:
+        raise CheckpointError(f"{d / 'config.json'}: the saved config cannot be rebuilt ({e})") from e
+    try:
+        bins = BinSpec.from_dict(_read_json(d / "bins.json"), file=str(d / "bins.json"))
+    except DataError as e:
+        raise CheckpointError(str(e)) from e
+    if (train.objective == "actions") != (expert is not None):
+        raise CheckpointError(
+            f"{d / 'config.json'}: objective {train.objective!r} but the 'expert' section is "
+            f"{'present' if expert is not None else 'missing'}; the checkpoint is inconsistent"
+        )
+    data = conf.get("data") or {k: conf[k] for k in ("categories", "sources") if k in conf}
+    stats = None
+    if expert is not None:
+        if "data" not in conf:
+            raise CheckpointError(f"{d / 'config.json'} has no 'data' section; the checkpoint is incomplete")
+        stats, space = load_norm_stats(d)
+        if space != train.action.space:
+            raise CheckpointError(
+                f"{d / NORM_STATS_FILE} is for action space {space!r} but the config says "
+                f"{train.action.space!r}; the statistics belong to another run"
+            )
+        for feature, key in (("actions", "action_names"), ("state", "state_names")):
+            if key in data and list(data[key]) != list(stats[feature].names):
+                raise CheckpointError(
+                    f"{d / NORM_STATS_FILE}: {feature} dims {list(stats[feature].names)} differ from the "
+                    f"training data's {data[key]}; the statistics belong to another run"
+                )
+        if expert.chunk_size != train.action.chunk_size:
+            raise CheckpointError(
+                f"{d / 'config.json'}: the expert predicts chunks of {expert.chunk_size} but the action config "
+                f"cuts chunks of {train.action.chunk_size}; the checkpoint is inconsistent"
+            )
+    return Checkpoint(
+        dir=d,
+        step=int(state.get("step", 0)),
+        train=train,
+        model=model,
+        expert=expert,
+        bins=bins,
+        norm_stats=stats,
+        data=dict(data),
+        trainer_state=state,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e

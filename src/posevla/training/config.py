@@ -1,26 +1,122 @@
-"""Training configs: one frozen dataclass, named stage configs, and lookup with "did you mean".
+"""The training config: one frozen, nested dataclass that round-trips through a checkpoint's JSON.
 
-A stage is a config, not a code path: stage 1 (3D grounding) differs from later stages only in the
-data it reads (`sources`, a weighted mixture: posevla.data.mixture), which parameters train, and the
-loss weights. Every field can be overridden from
-the CLI (`posevla train stage1-tiny --steps 2000 --batch-size 8`), and the resolved config is saved
-as JSON in every checkpoint.
+A stage is a config, not a code path. `TrainConfig` groups what a run needs, apart from the data on disk:
 
-Post-training (spec §2.3) is the objective ``actions``: the VLM (from ``init_checkpoint``, a stage-1/2
-checkpoint, or from scratch with ``--init-checkpoint None``) plus a flow-matching action expert
-(``expert``), all parameters trained with the action loss only, on a LeRobot v3 dataset (``train_data``)
-cut into chunks as ``action`` says (`posevla.data.action_space.ActionConfig`, e.g. ``--action.space joints``).
+* ``objective``: ``tokens`` (next-token CE on pose answers: stages 1 and 2) or ``actions`` (flow matching of
+  action chunks: post-training, spec §2.3); `posevla.training.objectives` turns it into data, model and loss;
+* ``model`` (`ModelChoice`: a named size with run-level overrides) and ``expert`` (a named action-expert size,
+  post-training only; its chunk size is ``action.chunk_size``);
+* ``data`` (`DataConfig`: the sources and how batches are built), ``action`` (`ActionConfig`: action space and
+  chunking), ``bins`` (`BinCounts`) or ``bins_file``, ``optim`` (`OptimConfig`), and the run's schedule.
+
+Every field can be overridden from the CLI by its dotted path (``posevla train stage1-tiny --steps 2000
+--optim.lr 2e-3 --model.num-views 1 --data.train-data DIR``), and the resolved config is saved as the ``train`` section of every checkpoint's
+``config.json``. `TrainConfig.from_dict` reads it back, also in the flat layout written before the config
+was nested (``lr``, ``n_loc``, ``model: "tiny"``, ... side by side), so older checkpoints still load.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from typing import Literal
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from posevla.data.action_space import ActionConfig
 from posevla.data.sources import SourceSpec
 from posevla.errors import ConfigError
+from posevla.models.config import PoseVLMConfig, get_model_config
+from posevla.tokens import BinCounts
+
+__all__ = ["OptimConfig", "ModelChoice", "DataConfig", "TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, then cosine decay to ``min_lr``, and gradient clipping (spec §2.4)."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 2.5e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    weight_decay: float = 1e-10
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives a list
+
+    def lr_multiplier(self, steps: int) -> Callable[[int], float]:
+        """Multiplier of ``lr`` at a step of a ``steps``-step run: linear warm-up, cosine decay to ``min_lr``."""
+
+        def f(step: int) -> float:
+            if step < self.warmup_steps:
+                return (step + 1) / max(1, self.warmup_steps)
+            t = min(1.0, (step - self.warmup_steps) / max(1, steps - self.warmup_steps))
+            floor = self.min_lr / self.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        return f
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """Which Pose-VLM a *new* run builds: a named size (`posevla.models.MODEL_CONFIGS`) with overrides.
+
+    A run that starts from a checkpoint (``--init-checkpoint`` or ``--resume``) takes the architecture the
+    checkpoint saved instead; only ``num_views`` applies to it (a new run), and ``size`` must name the
+    checkpoint's size.
+    """
+
+    size: str = "tiny"
+    """Named model size (`posevla.models.MODEL_CONFIGS`)."""
+    base: str = "scratch"
+    """`scratch`, or a local directory with a paligemma-3b-pt-224-format checkpoint to start from."""
+    num_views: int | None = None
+    """Image slots per sample (None = the size's, 3). The weights do not depend on it, so a checkpoint
+    trained with 1 slot initialises a 3-slot stage (the demo's stage 1 uses the head camera only)."""
+
+    def views(self) -> int:
+        """The image slots of this run."""
+        return self.num_views if self.num_views is not None else get_model_config(self.size).num_views
+
+    def resolve(self) -> PoseVLMConfig:
+        """The architecture of a new run: the named size with ``base`` and ``num_views``."""
+        mcfg = get_model_config(self.size)
+        if self.base != "scratch":
+            mcfg = mcfg.replace(base=self.base)
+        return mcfg.replace(num_views=self.views()) if self.num_views is not None else mcfg
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how batches are built."""
+
+    train_data: str = "runs/demo/data/train"
+    """Dataset directory: the one source of the token objective when `sources` is empty (a generated
+    dataset.json folder), or the LeRobot v3 dataset of the action objective."""
+    sources: tuple[SourceSpec, ...] = ()
+    """Token objective: data sources mixed with weights n^weight_exponent (posevla.data.mixture)."""
+    weight_exponent: float = 0.43
+    """Default source weight n^weight_exponent (n = source size, spec §2.1)."""
+    negative_prob: float = 0.1
+    """Probability that a grounding entry becomes a negative sample (a category the scene lacks)."""
+    num_workers: int = 0
+    """Processes building batches (0 = in the training process with a prefetch thread); batches are identical."""
+    doctor: bool = True
+    """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it)."""
+
+    def __post_init__(self) -> None:
+        # read back from a checkpoint's JSON: a list of dicts
+        sources = tuple(_build(SourceSpec, s, "data.sources") if isinstance(s, Mapping) else s for s in self.sources)
+        object.__setattr__(self, "sources", sources)
+
+    def token_sources(self) -> tuple[SourceSpec, ...]:
+        """The token objective's sources; `train_data` as one `generated` source when none are named."""
+        return self.sources or (SourceSpec("generated", self.train_data),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,218 +125,108 @@ class TrainConfig:
 
     name: str = "stage1-tiny"
     """Config name (informational once resolved)."""
-    model: str = "tiny"
-    """Named model size (`posevla.models.MODEL_CONFIGS`)."""
-    num_views: int | None = None
-    """Image slots per sample (None = the model size's, 3). The weights do not depend on it, so a checkpoint
-    trained with 1 slot initialises a 3-slot stage (the demo's stage 1 uses the head camera only)."""
-    base: str = "scratch"
-    """`scratch`, or a local directory with a paligemma-3b-pt-224-format checkpoint to start from."""
+    objective: Literal["tokens", "actions"] = "tokens"
+    """`tokens`: next-token CE on pose answers (stages 1, 2); `actions`: flow matching (post-training)."""
+    model: ModelChoice = ModelChoice()
+    expert: str = "tiny"
+    """Named action-expert size (`posevla.models.EXPERT_CONFIGS`) of the `actions` objective."""
     init_checkpoint: str | None = None
-    """A posevla checkpoint directory whose weights initialise the model (e.g. stage 2 from stage 1)."""
-    train_data: str = "runs/demo/data/train"
-    """Dataset directory (dataset.json inside) or a dataset.json path; the one source when `sources` is empty."""
-    sources: tuple[SourceSpec, ...] = ()
-    """Data sources mixed with weights n^0.43 (posevla.data.mixture); empty = one `generated` source at train_data."""
-    weight_exponent: float = 0.43
-    """Default source weight n^weight_exponent (n = source size, spec §2.1)."""
-    bins: str | None = None
-    """A bins.json to tokenise with instead of fitting bins on the sources (e.g. `posevla fit-bins` over stage-1 + stage-2 data)."""
-    num_workers: int = 0
-    """Processes building batches (0 = in the training process with a prefetch thread); batches are identical."""
-    doctor: bool = True
-    """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it, logged)."""
-    out_dir: str = "runs/stage1-tiny"
-    """Where checkpoints, metrics.jsonl and plots go."""
+    """A posevla checkpoint whose weights initialise the model (e.g. stage 2 from stage 1)."""
+    data: DataConfig = DataConfig()
+    action: ActionConfig = ActionConfig()
+    """Action space, chunk size H and normalisation of post-training (objective `actions`)."""
+    bins: BinCounts = BinCounts()
+    """Token counts of the pose families when the bins are fitted here (or made uniform)."""
+    bins_file: str | None = None
+    """A bins.json to tokenise with instead of fitting bins on the sources (e.g. `posevla fit-bins` over
+    stage-1 + stage-2 data)."""
+    optim: OptimConfig = OptimConfig()
+    ordinal_sigma: float = 0.0
+    """Token objective: 0 = plain next-token CE (paper); > 0 = Gaussian soft targets (std in bins)."""
     steps: int = 2000
     batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 2.5e-5
-    warmup_steps: int = 100
-    weight_decay: float = 1e-10
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto` = bf16 autocast where the CPU/GPU supports it, else fp32."""
-    seed: int = 42
-    negative_prob: float = 0.1
-    ordinal_sigma: float = 0.0
-    """0 = plain next-token CE (paper); > 0 = Gaussian soft targets (std in bins) on pose-value tokens."""
-    n_trans_xy: int = 2048
-    n_trans_z: int = 2048
-    n_size: int = 2048
-    n_rot: int = 360
-    n_loc: int = 1024
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu` or `cuda`."""
+    num_threads: int = 0
+    """torch intra-op threads (0 = leave torch's default)."""
+    out_dir: str = "runs/stage1-tiny"
+    """Where checkpoints, metrics.jsonl and plots go."""
     log_every: int = 10
     save_every: int = 500
     keep_checkpoints: int = 2
-    num_threads: int = 0
-    """torch intra-op threads (0 = leave torch's default)."""
-    device: str = "auto"
-    """`auto` (cuda if available, else cpu), `cpu` or `cuda`."""
     progress: bool = True
-    objective: Literal["tokens", "actions"] = "tokens"
-    """`tokens`: next-token CE on pose answers (stages 1, 2); `actions`: flow matching (post-training)."""
-    expert: str = "tiny"
-    """Named action-expert size (`posevla.models.action_expert.EXPERT_CONFIGS`) when objective is `actions`."""
-    action: ActionConfig = ActionConfig()
-    """Action space, chunk size H and normalisation of post-training (objective `actions`)."""
 
     def __post_init__(self) -> None:
-        # A config read back from a checkpoint's JSON has plain dicts / lists for the nested fields.
-        if isinstance(self.action, dict):
-            object.__setattr__(self, "action", ActionConfig.from_dict(self.action))
         if self.objective not in ("tokens", "actions"):
             raise ConfigError(f"objective {self.objective!r} is unknown; use 'tokens' or 'actions'")
-        if self.sources and isinstance(self.sources[0], dict):  # read back from a checkpoint's JSON
-            object.__setattr__(self, "sources", tuple(SourceSpec(**s) for s in self.sources))
+        for name, kind in (("model", ModelChoice), ("data", DataConfig), ("bins", BinCounts), ("optim", OptimConfig)):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):  # read back from a checkpoint's JSON
+                object.__setattr__(self, name, _build(kind, value, f"train.{name}"))
+        if isinstance(self.action, Mapping):
+            object.__setattr__(self, "action", ActionConfig.from_dict(self.action))
 
-    def data_sources(self) -> tuple[SourceSpec, ...]:
-        """The token objective's data sources; `train_data` as one `generated` source when none are named."""
-        return self.sources or (SourceSpec("generated", self.train_data),)
+    # -- JSON --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The ``train`` section of a checkpoint's config.json (JSON types only)."""
+        return _jsonable(dataclasses.asdict(self))
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; also reads the flat layout of checkpoints written before the nesting.
 
-def _stage1_tiny() -> TrainConfig:
-    return TrainConfig(
-        name="stage1-tiny",
-        model="tiny",
-        steps=2000,
-        batch_size=8,
-        lr=2e-3,
-        warmup_steps=50,
-        ordinal_sigma=1.0,
-        # Coarser token families than the paper's (1024 loc / 2048 / 2048 / 2048 / 360): a from-scratch
-        # model on a CPU budget sees each bin far more often. Quantisation error stays well under the
-        # IoU tolerances (see `posevla tokens report`).
-        n_loc=128,
-        n_trans_xy=64,
-        n_trans_z=64,
-        n_size=64,
-        n_rot=72,
-    )
-
-
-def _stage1_paligemma() -> TrainConfig:
-    # Spec §2.4: AdamW(0.9, 0.95), 1k warm-up, cosine to 2.5e-6, peak 5e-5, global batch 112.
-    return TrainConfig(
-        name="stage1-paligemma-3b",
-        model="paligemma-3b",
-        base="checkpoints/paligemma-3b-pt-224",
-        out_dir="runs/stage1-paligemma-3b",
-        steps=100_000,
-        batch_size=7,
-        lr=5e-5,
-        min_lr=2.5e-6,
-        warmup_steps=1000,
-        save_every=2000,
-    )
+        Raises:
+            ConfigError: an unknown key (named, with the valid ones) or a value the config refuses.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a train config is a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        if _is_flat(d):
+            d = _unflatten(d)
+        return _build(cls, d, "train")
 
 
-def _debug() -> TrainConfig:
-    return TrainConfig(
-        name="debug",
-        model="tiny",
-        out_dir="runs/debug",
-        steps=4,
-        batch_size=2,
-        lr=1e-3,
-        warmup_steps=1,
-        log_every=1,
-        save_every=2,
-        n_trans_xy=64,
-        n_trans_z=64,
-        n_size=64,
-        n_rot=72,
-        progress=False,
-    )
+def _build(kind: type, d: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        return kind(**d)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
-def _posttrain_tiny() -> TrainConfig:
-    # Spec §2.3 on the CPU budget: the tiny VLM from the stage-2 run (stage 1 works too; `--init-checkpoint
-    # None` gives the "PaliGemma+Expert" from-scratch comparison), the tiny expert, chunk H = 16, every
-    # parameter trained with the flow-matching loss only. Token counts as stage1-tiny so a from-scratch
-    # model has the same vocabulary as a pose-pretrained one. Actions: the demos' recorded `action` feature
-    # (MetaWorld's [dx, dy, dz, grip], directly executable in the closed-loop evaluation); the spec's
-    # absolute EE pose is `--action.space ee_pose` (an environment then needs a pose controller).
-    return TrainConfig(
-        name="posttrain-tiny",
-        model="tiny",
-        init_checkpoint="runs/stage2-tiny",
-        train_data="runs/demo/data/lerobot",
-        out_dir="runs/posttrain-tiny",
-        objective="actions",
-        expert="tiny",
-        action=ActionConfig(space="joints", joint_key="action", chunk_size=16),
-        steps=2000,
-        batch_size=8,
-        lr=5e-4,
-        min_lr=2.5e-5,
-        warmup_steps=50,
-        n_loc=128,
-        n_trans_xy=64,
-        n_trans_z=64,
-        n_size=64,
-        n_rot=72,
-    )
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
 
 
-def _posttrain_paligemma() -> TrainConfig:
-    # Spec §2.3/§2.4: PoseVLM (paligemma-3b) + π0's 300M Gemma expert, absolute EE-pose actions, chunk 16,
-    # priors off (RoboTwin), all parameters trained; lr 2.5e-5 -> 2.5e-6, global batch 32, 80k steps.
-    return TrainConfig(
-        name="posttrain-paligemma-3b",
-        model="paligemma-3b",
-        base="checkpoints/paligemma-3b-pt-224",
-        init_checkpoint="runs/stage2-paligemma-3b",
-        train_data="data/robotwin-lerobot",
-        out_dir="runs/posttrain-paligemma-3b",
-        objective="actions",
-        expert="300m",
-        action=ActionConfig(space="ee_pose", chunk_size=16, priors=False),
-        steps=80_000,
-        batch_size=32,
-        lr=2.5e-5,
-        min_lr=2.5e-6,
-        warmup_steps=1000,
-        save_every=2000,
-    )
+# -- the flat layout of checkpoints written before the config was nested --------------------------------------
+
+_FLAT_MODEL = {"model": "size", "base": "base", "num_views": "num_views"}
+_FLAT_DATA = ("train_data", "sources", "weight_exponent", "negative_prob", "num_workers", "doctor")
+_FLAT_BINS = {"n_loc": "loc", "n_trans_xy": "trans_xy", "n_trans_z": "trans_z", "n_size": "size", "n_rot": "rot"}
+_FLAT_OPTIM = ("lr", "min_lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip")
 
 
-def _stage2_tiny() -> TrainConfig:
-    # Stage 2 (spec §2.2, open question 4): continue from the stage-1 checkpoint (its bins and tokenizer)
-    # on camera-frame TCP waypoints of robot demos, with the stage-1 scenes mixed back in (n^0.43 weights)
-    # against forgetting; half the stage-1 peak learning rate. MetaWorld demos run at 80 fps, so a stride
-    # of 16 frames puts the 5 waypoints 0.2 s apart.
-    return dataclasses.replace(
-        _stage1_tiny(),
-        name="stage2-tiny",
-        init_checkpoint="runs/stage1-tiny",
-        out_dir="runs/stage2-tiny",
-        sources=(
-            SourceSpec("lerobot", "runs/demo/data/lerobot", stride=16),
-            SourceSpec("generated", "runs/demo/data/train"),
-        ),
-        steps=500,
-        lr=1e-3,
-        warmup_steps=20,
-    )
+def _is_flat(d: Mapping[str, Any]) -> bool:
+    return isinstance(d.get("model"), str) or any(k in d for k in (*_FLAT_OPTIM, *_FLAT_BINS))
 
 
-CONFIGS: dict[str, TrainConfig] = {
-    "stage1-tiny": _stage1_tiny(),
-    "stage1-paligemma-3b": _stage1_paligemma(),
-    "stage2-tiny": _stage2_tiny(),
-    "debug": _debug(),
-    "posttrain-tiny": _posttrain_tiny(),
-    "posttrain-paligemma-3b": _posttrain_paligemma(),
-}
-
-
-def get_config(name: str) -> TrainConfig:
-    """The named config, or a ConfigError listing close names."""
-    if name in CONFIGS:
-        return CONFIGS[name]
-    close = difflib.get_close_matches(name, CONFIGS, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"unknown training config '{name}'.{hint} Valid: {', '.join(CONFIGS)}")
+def _unflatten(d: dict[str, Any]) -> dict[str, Any]:
+    """The nested form of a flat (pre-nesting) train section."""
+    out = {k: v for k, v in d.items() if k not in (*_FLAT_MODEL, *_FLAT_DATA, *_FLAT_BINS, *_FLAT_OPTIM, "bins")}
+    out["model"] = {new: d[old] for old, new in _FLAT_MODEL.items() if old in d}
+    out["data"] = {k: d[k] for k in _FLAT_DATA if k in d}
+    out["bins"] = {new: d[old] for old, new in _FLAT_BINS.items() if old in d}
+    out["optim"] = {k: d[k] for k in _FLAT_OPTIM if k in d}
+    if d.get("bins") is not None:
+        out["bins_file"] = d["bins"]
+    return out
