@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.posevla-installed
 export MUJOCO_GL ?= egl
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-all test-slow bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# every tier: the default suite plus the `slow` checks (sim and parity run in both)
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

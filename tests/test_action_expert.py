@@ -34,26 +34,12 @@ PROMPTS = ["pick up the cup", "open the drawer", "stack"]  # different lengths -
 
 
 def _prefix_batch(policy: PoseVLA, B: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    tok, cfg = policy.vlm.tokenizer, policy.vlm.cfg
-    ex = [
-        tok.build_example(PROMPTS[i % 3], None, n_image_tokens=cfg.n_image_tokens, prompt_len=cfg.prompt_len)
-        for i in range(B)
-    ]
-    batch = tok.collate(ex)
-    g = torch.Generator().manual_seed(seed)
-    S = cfg.image_size
-    batch["pixel_values"] = torch.rand(B, cfg.num_views, 3, S, S, generator=g) * 2 - 1
-    return batch
+    return policy.vlm.cfg.fake_batch(B, policy.vlm.tokenizer, seed=seed, prompts=PROMPTS, priors=False)
 
 
-def _train_batch(
-    policy: PoseVLA, B: int = 2, state_dim: int = 5, action_dim: int = 7, seed: int = 0
-):
-    batch = _prefix_batch(policy, B, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    batch["state"] = torch.randn(B, state_dim, generator=g)
-    batch["actions"] = torch.randn(B, policy.cfg.chunk_size, action_dim, generator=g)
-    return batch
+def _train_batch(policy: PoseVLA, B: int = 2, state_dim: int = 5, action_dim: int = 7, seed: int = 0):
+    return policy.cfg.fake_batch(B, policy.vlm.cfg, policy.vlm.tokenizer, state_dim=state_dim, action_dim=action_dim,
+                                 seed=seed, prompts=PROMPTS, priors=False)
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +301,7 @@ def _parity_inputs(pol):
     return batch, torch.randn(3, 4, 8, generator=g), torch.tensor([0.05, 0.5, 0.95])
 
 
+@pytest.mark.parity
 def test_parity_with_transformers_pi0(parity_pair):
     ours, ref = parity_pair
     batch, noise, tau = _parity_inputs(ours)
@@ -342,6 +329,7 @@ def test_pi0_key_map():
     assert map_pi0_key("something.else") is None
 
 
+@pytest.mark.parity
 def test_load_pi0_checkpoint_dir(parity_pair, tmp_path):
     from safetensors.torch import load_file, save_file
 

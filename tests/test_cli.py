@@ -60,6 +60,7 @@ def quick_demo(tmp_path_factory):
     return out
 
 
+@pytest.mark.sim
 def test_quick_demo_end_to_end(quick_demo):
     """The quick demo writes report and summary: grounding, closed loop for both policies, timing."""
     out = quick_demo
@@ -114,6 +115,7 @@ def _posttrain_checkpoint(out):
     return out / "posttrain_scratch"
 
 
+@pytest.mark.sim
 def test_eval_sim_smoke(quick_demo, tmp_path):
     """`posevla eval sim` on the quick demo's post-trained policy: one short episode, eval card written."""
     ev = tmp_path / "sim"
@@ -126,6 +128,7 @@ def test_eval_sim_smoke(quick_demo, tmp_path):
     assert (ev / "results.md").exists()
 
 
+@pytest.mark.sim
 def test_eval_sim_refuses_demo_seeds(quick_demo, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "sim", "--tasks", "reach-v3", "--checkpoint", str(_posttrain_checkpoint(quick_demo)),
@@ -148,6 +151,7 @@ def test_eval_sim_unknown_task(tmp_path, capsys):
     assert "unknown MetaWorld task" in capsys.readouterr().err
 
 
+@pytest.mark.sim
 def test_metaworld_demos_smoke(tmp_path, capsys):
     """`posevla metaworld-demos`: one successful 48x48 reach episode written as LeRobot v3."""
     out = tmp_path / "demos"

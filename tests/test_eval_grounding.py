@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from posevla.errors import DataError
@@ -265,3 +267,75 @@ def test_grounding_verdict():
     ev["model_given_2d"]["trans_err_cm"] = None
     v = grounding_verdict(ev)
     assert not v["beats_baseline_given_2d"] and "n/a vs 12.7 cm" in v["text"]
+
+
+# -- evaluation modes on a trained checkpoint -------------------------------------------------------------
+
+
+def _checkpoint(data, out):
+    from posevla.training.config import DataConfig
+    from posevla.training.configs import get_config
+    from posevla.training.trainer import train
+
+    cfg = dataclasses.replace(get_config("debug"), data=DataConfig(train_data=str(data)), out_dir=str(out), steps=1,
+                              save_every=1)
+    return train(cfg).checkpoint
+
+
+def test_image_reliance_measures_dependence_on_the_pixels(tiny_dataset, tmp_path):
+    """The shuffled-images gap is exactly 0 when every sample shows the same scene, and non-zero for a
+    model (even an untrained one) that sees different scenes."""
+    from posevla.data.formats.omni3d import load_omni3d
+    from posevla.data.grounding import LabelFilter, scene_categories
+    from posevla.eval.predict import GroundingPredictor, image_reliance
+
+    predictor = GroundingPredictor(_checkpoint(tiny_dataset, tmp_path / "run"))
+    scenes = load_omni3d(tiny_dataset / "dataset.json")
+    one = scenes[0]
+    cat = scene_categories(one, LabelFilter())[0]
+    single = dataclasses.replace(one, views=[dataclasses.replace(v, objects=[o for o in v.objects if o.category == cat]) for v in one.views])
+    same = image_reliance(predictor, [single] * 4)
+    assert same["n_examples"] == 4 and same["gap"] == 0.0
+    varied = image_reliance(predictor, scenes)
+    assert varied["n_examples"] >= 2 and varied["gap"] != 0.0
+    assert varied["loss"] > 0 and torch.isfinite(torch.tensor(varied["loss_shuffled_images"]))
+
+
+def test_given_2d_forces_the_true_objects_and_anchors(tiny_dataset, tmp_path):
+    """Given-2D decoding: structure, names and <loc> anchors are the ground truth's, every pose value is the
+    model's own (one of its family), and the answer parses into one box per true object."""
+    import numpy as np
+
+    from posevla.data.formats.omni3d import load_omni3d
+    from posevla.data.grounding import LabelFilter, build_grounding_example, scene_categories
+    from posevla.eval.predict import GroundingPredictor
+    from posevla.tokens import GivenAnchorGrammar
+
+    p = GroundingPredictor(_checkpoint(tiny_dataset, tmp_path / "run"))
+    scene = load_omni3d(tiny_dataset / "dataset.json")[0]
+    lf = LabelFilter()
+    cat = scene_categories(scene, lf)[0]
+    ex = build_grounding_example(scene, cat, image_size=p.spec.image_size, num_views=p.spec.num_views, label_filter=lf)
+    g = p.given_anchor_grammar(ex)
+    assert isinstance(g, GivenAnchorGrammar) and g.max_length() == len(g.answer)
+    (boxes,) = p.predict([ex], given_2d=True)
+    truth = [va.entries for va in ex.views]
+    assert [len(b) for b in boxes] == [len(t) for t in truth]
+    # replay the decoding: forced tokens equal the truth, free tokens stay in the truth's family
+    from posevla.data.collate import collate
+
+    batch = collate([ex], p.codec, p.tokenizer, p.spec, with_answer=False)
+    (out,) = p.model.generate(batch, [g], g.max_length())
+    assert len(out.ids) == len(g.answer)
+    fam = g._family_of
+    for got, want in zip(out.ids, g.answer):
+        if want in fam:
+            assert fam.get(got) == fam[want]
+        else:
+            assert got == want
+    text = p.tokenizer.decode(out.ids)
+    for va, tv in zip(p.codec.parse(text), ex.views):
+        for e, t in zip(va.entries, tv.entries):
+            np.testing.assert_allclose(e.anchor, p.bins.decode("loc", p.bins.encode("loc", t.anchor)))
+    mask = g.allowed_mask(len(g.answer), p.model.vocab_size)
+    assert not mask.any()  # nothing after the end

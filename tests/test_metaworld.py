@@ -20,6 +20,8 @@ from posevla.geometry import (
     transform_points,
 )
 
+pytestmark = pytest.mark.sim  # runs MuJoCo (rendering, MetaWorld)
+
 H, W = 96, 112  # non-square on purpose: catches swapped height/width
 
 

@@ -3,7 +3,6 @@ trajectory examples, bin fitting over all sources, the start-up doctor, per-sour
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path

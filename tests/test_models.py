@@ -65,25 +65,7 @@ def _answer(codec, rng, n_views=3):
 
 
 def _batch(model, codec, B=3, seed=0, with_answer=True):
-    cfg, tok = model.cfg, model.tokenizer
-    rng = np.random.default_rng(seed)
-    exs = [
-        tok.build_example(
-            f"detect the {NAMES[i % 3]}",
-            _answer(codec, rng) if with_answer else None,
-            n_image_tokens=cfg.n_image_tokens,
-            prompt_len=cfg.prompt_len,
-        )
-        for i in range(B)
-    ]
-    batch = tok.collate(exs)
-    g = torch.Generator().manual_seed(seed)
-    S, V = cfg.image_size, cfg.num_views
-    batch["pixel_values"] = torch.rand(B, V, 3, S, S, generator=g) * 2 - 1
-    batch["ray"] = torch.randn(B, V, 3, S, S, generator=g)
-    batch["depth"] = torch.rand(B, V, 2, S, S, generator=g) * 3
-    batch["prior_mask"] = torch.ones(B, 2)
-    return batch
+    return model.cfg.fake_batch(B, model.tokenizer, codec if with_answer else None, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------- config

@@ -14,6 +14,8 @@ from posevla.eval.card import latency_summary, success_summary, wilson_interval
 from posevla.eval.rollout import evaluate, random_policy, rollout
 from posevla.eval.video import VIDEO_FORMAT, draw_waypoints, waypoint_overlay
 
+pytestmark = pytest.mark.sim  # runs MuJoCo (rendering, MetaWorld)
+
 SMALL = {"image_size": 64, "cameras": {"head": "corner", "wrist": "gripperPOV"}}
 
 

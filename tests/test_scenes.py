@@ -14,6 +14,8 @@ from posevla.data.formats.omni3d import load_depth, load_omni3d, load_rgb
 from posevla.sim.tabletop import CAMERAS, DEPTH_SCALE, WORKSPACE_HALF, CameraPose, SceneRenderer, look_at, generate_dataset, sample_scene
 from posevla.geometry.boxes import box_corners
 
+pytestmark = pytest.mark.sim  # runs MuJoCo (rendering, MetaWorld)
+
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory) -> Path:

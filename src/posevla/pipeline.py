@@ -213,7 +213,9 @@ def short_run(cfg: TrainConfig, steps: int, **changes: Any) -> TrainConfig:
     )
 
 
-def _robot_phases(cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path, timing: dict[str, float]) -> dict[str, Any]:
+def _robot_phases(
+    cfg: DemoConfig, out: Path, train_dir: Path, stage1_ckpt: Path, timing: dict[str, float]
+) -> dict[str, Any]:
     """Demos → stage 2 → post-training (pose-pretrained and scratch, same budget) → closed-loop eval."""
     # demos (written before stage 1 by run_demo; reused here)
     t = time.time()

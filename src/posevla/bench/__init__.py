@@ -1,1 +1,1 @@
-"""posevla.bench: the measurements behind `posevla bench ...` (throughput as ratios against a baseline run alongside)."""
+"""posevla.bench: the measurements behind `posevla bench ...` (ratios against a baseline measured in the same run)."""

@@ -214,7 +214,9 @@ def source_labels(src: LoadedSource) -> dict[str, np.ndarray]:
     )
 
 
-def fit_source_bins(loaded: Sequence[LoadedSource], counts: BinCounts | None = None, *, description: str = "") -> BinSpec:
+def fit_source_bins(
+    loaded: Sequence[LoadedSource], counts: BinCounts | None = None, *, description: str = ""
+) -> BinSpec:
     """Quantile bins fitted on every source's labels (open question 1), with ``counts`` tokens per family.
 
     Grounding sources give box translations, sizes and rotations (their own label filter, full views);

@@ -19,7 +19,15 @@ from posevla.errors import DataError
 from posevla.eval.report import markdown_table
 from posevla.runtime import package_versions
 
-__all__ = ["wilson_interval", "success_summary", "latency_summary", "checkpoint_sha256", "eval_versions", "results_markdown", "json_default"]
+__all__ = [
+    "wilson_interval",
+    "success_summary",
+    "latency_summary",
+    "checkpoint_sha256",
+    "eval_versions",
+    "results_markdown",
+    "json_default",
+]
 
 _Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 _VERSION_PACKAGES = ("metaworld", "gymnasium", "imageio", "imageio-ffmpeg", "pillow", "scipy")

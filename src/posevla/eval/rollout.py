@@ -47,7 +47,15 @@ from posevla.eval.video import VIDEO_FORMAT, OverlayFn, video_frame, write_video
 from posevla.policy import ActionChunker
 from posevla.sim import REPLAN_EVERY, ClosedLoopEnv, Observation, PolicyOutput, check_int
 
-__all__ = ["PolicyFn", "EpisodeResult", "RolloutResult", "NonFiniteActionError", "rollout", "evaluate", "random_policy"]
+__all__ = [
+    "PolicyFn",
+    "EpisodeResult",
+    "RolloutResult",
+    "NonFiniteActionError",
+    "rollout",
+    "evaluate",
+    "random_policy",
+]
 
 #: ``policy(obs) -> (H, A) array | (A,) array | PolicyOutput``. An optional ``policy.reset()`` is
 #: called at the start of every episode.

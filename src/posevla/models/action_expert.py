@@ -19,13 +19,14 @@ Architecture (π0 variant, the one the paper's results use):
 * **Positions**: RoPE positions continue after the prefix's *valid* tokens (``n_valid + k``), so right-padding
   of the prompt does not shift the suffix.
 
-Conditional flow matching (pure functions in `posevla.models.flow_matching`): τ = ``time_min`` + (1 − ``time_min``)·Beta(1.5, 1) ∈ [0.001,
-1], ``x_τ = τ·ε + (1 − τ)·a``, target ``u = ε − a``; the MSE is averaged over the valid (unpadded) action dims
-and the chunk steps that lie inside the episode (``action_is_pad`` False). Sampling integrates ``dx/dτ = v_θ``
-with Euler steps from τ = 1 (pure noise) to τ = 0.
+Conditional flow matching (pure functions in `posevla.models.flow_matching`): τ = ``time_min`` +
+(1 − ``time_min``)·Beta(1.5, 1) ∈ [0.001, 1], ``x_τ = τ·ε + (1 − τ)·a``, target ``u = ε − a``; the MSE is
+averaged over the valid (unpadded) action dims and the chunk steps that lie inside the episode
+(``action_is_pad`` False). Sampling integrates ``dx/dτ = v_θ`` with Euler steps from τ = 1 (pure noise) to 0.
 
-The architecture is `posevla.models.config.ActionExpertConfig`; named sizes live in `EXPERT_CONFIGS` (``tiny`` pairs with the tiny VLM; ``300m`` is π0's Gemma expert: width
-1024, 18 layers, MLP 4096, 8 heads, 1 KV head, head_dim 256, pairing with Gemma-2B).
+The architecture is `posevla.models.config.ActionExpertConfig`; named sizes live in `EXPERT_CONFIGS` (``tiny``
+pairs with the tiny VLM; ``300m`` is π0's Gemma expert: width 1024, 18 layers, MLP 4096, 8 heads, 1 KV head,
+head_dim 256, pairing with Gemma-2B).
 """
 
 from __future__ import annotations

@@ -59,16 +59,14 @@ class PoseVLA(nn.Module):
         *,
         dtype: torch.dtype | None = torch.float32,
         bins: Any = None,
-        embedding_rows: int | None = None,
     ) -> PoseVLA:
-        """A policy from configs: the VLM via `PoseVLM.build` (scratch, a PaliGemma dir, or a skeleton for
-        checkpoint weights with ``embedding_rows``) + a fresh expert.
+        """A policy from configs: the VLM via `PoseVLM.build` (scratch or a PaliGemma dir) + a fresh expert.
 
         The expert uses the VLM's attention backend and is created in torch's default dtype on the CPU; move
         the whole model with ``.to(device, dtype)``.
         """
         check_expert_pairing(expert_cfg, vlm_cfg)
-        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype, bins=bins, embedding_rows=embedding_rows)
+        vlm = PoseVLM.build(vlm_cfg, tokenizer, pose_tokens, dtype=dtype, bins=bins)
         return cls(vlm, GemmaActionExpert(expert_cfg, vlm_cfg.attn_implementation))
 
     @property

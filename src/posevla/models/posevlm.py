@@ -114,7 +114,6 @@ class PoseVLM(nn.Module):
         *,
         dtype: torch.dtype | None = torch.float32,
         bins: Any = None,
-        embedding_rows: int | None = None,
     ) -> PoseVLM:
         """Build from `cfg`: random init (``cfg.base == "scratch"``) or a local PaliGemma directory.
 
@@ -125,36 +124,11 @@ class PoseVLM(nn.Module):
                 their ids. None adds nothing.
             dtype: parameter dtype when loading a directory (None = transformers' "auto").
             bins: the run's `BinSpec` (needed by ``cfg.pose_tags``; see `set_pose_bins`).
-            embedding_rows: build a randomly initialised *skeleton* with this many embedding rows, for a
-                posevla checkpoint's weights (whatever ``cfg.base`` says: the base directory is not read).
-                The tokenizer (the checkpoint's) must already hold every pose token.
+
+        A posevla checkpoint is rebuilt by `posevla.models.factory` instead (a skeleton of the saved size).
         """
         from transformers import PaliGemmaForConditionalGeneration
 
-        if embedding_rows is not None:
-            if tokenizer is None:
-                raise ConfigError("a checkpoint skeleton (embedding_rows) needs the checkpoint's tokenizer")
-            hf = PaliGemmaForConditionalGeneration(
-                to_hf_config(
-                    cfg,
-                    vocab_size=int(embedding_rows),
-                    image_token_id=tokenizer.image_token_id,
-                    pad_id=tokenizer.pad_id,
-                    bos_id=tokenizer.bos_id,
-                    eos_id=tokenizer.eos_id,
-                )
-            )
-            model = cls(cfg, hf, tokenizer)
-            added = tokenizer.add_pose_tokens(pose_tokens or [])  # present already: only registered
-            if added or tokenizer.vocab_size > int(embedding_rows):
-                raise ConfigError(
-                    f"the checkpoint's tokenizer lacked {len(added)} pose token(s) of its bins or has more "
-                    f"tokens ({tokenizer.vocab_size}) than the weights have rows ({embedding_rows}); the "
-                    "tokenizer, bins.json and model.safetensors come from different runs"
-                )
-            if bins is not None:
-                model.set_pose_bins(bins)
-            return model
         if cfg.is_scratch:
             tokenizer = tokenizer if tokenizer is not None else PoseTextTokenizer.build_scratch()
             hf_cfg = to_hf_config(

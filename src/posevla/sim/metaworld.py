@@ -360,7 +360,9 @@ class MetaWorldEnv:
         return f"MetaWorldEnv({self.task_name!r}, {self.height}x{self.width}, cameras: {cams})"
 
 
-def check_options(*, image_size: int | Sequence[int] = 128, cameras: Mapping[str, str] | Sequence[str] | None = None) -> None:
+def check_options(
+    *, image_size: int | Sequence[int] = 128, cameras: Mapping[str, str] | Sequence[str] | None = None
+) -> None:
     """Raise ConfigError for an image size or camera list :func:`make` would refuse (without loading MetaWorld)."""
     image_size_hw(image_size)
     camera_map(cameras)

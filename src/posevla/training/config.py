@@ -10,8 +10,8 @@ A stage is a config, not a code path. `TrainConfig` groups what a run needs, apa
   chunking), ``bins`` (`BinCounts`) or ``bins_file``, ``optim`` (`OptimConfig`), and the run's schedule.
 
 Every field can be overridden from the CLI by its dotted path (``posevla train stage1-tiny --steps 2000
---optim.lr 2e-3 --model.num-views 1 --data.train-data DIR``), and the resolved config is saved as the ``train`` section of every checkpoint's
-``config.json``. `TrainConfig.from_dict` reads it back, also in the flat layout written before the config
+--optim.lr 2e-3 --model.num-views 1 --data.train-data DIR``), and the resolved config is saved as the
+``train`` section of every checkpoint's ``config.json``. `TrainConfig.from_dict` reads it back, also in the flat layout written before the config
 was nested (``lr``, ``n_loc``, ``model: "tiny"``, ... side by side), so older checkpoints still load.
 """
 

@@ -170,7 +170,8 @@ class TokenObjective(Objective):
             exponent=cfg.data.weight_exponent,
         )
         self.mixture = mixture
-        self.log(f"[posevla] data: {len(mixture)} source(s), {cfg.data.num_workers} loader worker(s)\n{mixture.table()}")
+        workers = cfg.data.num_workers
+        self.log(f"[posevla] data: {len(mixture)} source(s), {workers} loader worker(s)\n{mixture.table()}")
         self.resolved = {
             "train": cfg.to_dict(),
             "model": model.cfg.to_dict(),

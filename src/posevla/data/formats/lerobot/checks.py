@@ -1,4 +1,4 @@
-"""Value checks shared by the LeRobot v3 writer and reader: finite values, unit quaternions, K, rigid poses, depth units."""
+"""Value checks shared by the LeRobot v3 writer and reader: finite values, unit quaternions, K, poses, depth."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reader of LeRobot v3 datasets: :func:`load_lerobot_v3` validates everything and returns a :class:`LeRobotV3Dataset`."""
+"""Reader of LeRobot v3 datasets: :func:`load_lerobot_v3` validates everything, returns a :class:`LeRobotV3Dataset`."""
 
 from __future__ import annotations
 
