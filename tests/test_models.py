@@ -11,10 +11,10 @@ import torch
 
 from posevla.errors import ConfigError, DataError
 from posevla.models import MODEL_CONFIGS, PoseTextTokenizer, PoseVLM, get_model_config
-from posevla.models.config import to_hf_config
+from posevla.models.config import fake_answers, to_hf_config
 from posevla.models.priors import PatchEmbedMlp
 from posevla.models.text import IGNORE_INDEX
-from posevla.tokens import BinCounts, BinSpec, PoseCodec, PoseEntry, PoseGrammar, ViewAnswer
+from posevla.tokens import BinCounts, BinSpec, PoseCodec, PoseGrammar
 
 torch.set_num_threads(1)
 
@@ -45,23 +45,7 @@ def model(cfg, codec):
 
 
 def _answer(codec, rng, n_views=3):
-    views = []
-    for v in range(n_views):
-        if v == 1:
-            views.append(ViewAnswer(v, [], no_object="bowl"))
-            continue
-        entries = [
-            PoseEntry(
-                name=str(rng.choice(NAMES)),
-                anchor=np.sort(rng.uniform(0, 1, 4).reshape(2, 2), axis=0).ravel(),
-                translation=np.array([rng.normal(0, 0.2), rng.normal(0, 0.2), rng.uniform(0.5, 2.0)]),
-                euler_xyz=rng.uniform(-3, 3, 3),
-                size=rng.uniform(0.05, 0.3, 3),
-            )
-            for _ in range(1 + v)
-        ]
-        views.append(ViewAnswer(v, entries))
-    return codec.serialize(views)
+    return codec.serialize(fake_answers(rng, n_views))
 
 
 def _batch(model, codec, B=3, seed=0, with_answer=True):

@@ -13,34 +13,13 @@ One example is a frame ``t`` of a LeRobot v3 episode (:class:`~posevla.data.form
   ``observation.joints``, ``observation.state``, ``task``). Training (:meth:`ActionDataset.observation`) and
   serving (:class:`posevla.policy.Policy`) both go through :func:`observation_inputs`, so there is no
   train/serve skew in the views, the prompt or the state.
-* **Action spaces** (``ActionConfig.space``):
-
-  - ``"ee_pose"``: absolute end-effector pose in the dataset's world (robot base) frame, per arm
-    ``[x, y, z, R00, R10, R20, R01, R11, R21, gripper…]`` = position (metres), the **6D rotation** (first
-    two columns of the rotation matrix, from ``observation.ee_pose``'s quaternion wxyz) and the gripper
-    feature. 6D is continuous and unique (a quaternion has the q/−q ambiguity, Euler angles and axis-angle
-    wrap at ±π), so a z-score and an MSE on it are well behaved; :func:`ee_vector_to_pose` maps a predicted
-    vector back to xyz + quaternion wxyz (Gram–Schmidt, always a proper rotation). The flange pose is used
-    as recorded (no TCP offset).
-  - ``"joints"``: the vector of feature ``ActionConfig.joint_key``: ``observation.joints`` (absolute joint
-    positions) by default, or the dataset's own ``action`` feature (whatever the robot was commanded, e.g.
-    joint targets, or MetaWorld's ``[dx, dy, dz, grip]``).
-
-* **Chunk**: ``H = chunk_size`` actions ``a[t], a[t+1], …`` spaced ``stride`` frames apart. An *observed*
-  feature (key ``observation.*``) is a target: action ``k`` is the observation at frame ``t + (k+1)·stride``
-  (the pose the robot reached next). A *commanded* feature (any other key, e.g. ``action``) is used as
-  recorded: action ``k`` is the value at frame ``t + k·stride``. Indices past the episode end repeat the
-  last frame's value and are flagged ``action_is_pad`` (excluded from the loss). Frames whose whole chunk
-  would be padding (the last ``stride`` frames for observed targets) are not examples.
-* **State**: for ``"ee_pose"`` the same 6D EE vector at frame t (spec: "state normalised the same way");
-  for ``"joints"`` the joint feature at t when it is an observation, else ``observation.state``
-  (``ActionConfig.state_key`` overrides both).
+* **Action spaces, chunks and state**: :mod:`posevla.data.action_space` (``ActionConfig``).
 * **Normalisation**: z-score with :class:`NormStats` (mean / std per dim over every frame of the dataset),
   saved in the checkpoint as ``norm_stats.json``. A dim with std < ``std_eps`` raises :class:`DataError`
   unless it matches a ``constant_dims`` pattern (then its std is stored as 1: the value is only centred).
 
 The collate (:func:`collate_actions`) gives exactly the keys of
-:meth:`posevla.models.pose_vla.PoseVLAPolicyModel.compute_loss`: the prefix keys, ``state (B, max_state_dim)``
+:meth:`posevla.models.pose_vla.PoseVLA.compute_loss`: the prefix keys, ``state (B, max_state_dim)``
 zero-padded, ``actions (B, H, Da)`` and ``action_is_pad (B, H)``. Actions stay at their real width Da: the
 model zero-pads them to ``max_action_dim`` itself and its loss averages over the real Da dims only.
 """
@@ -363,7 +342,7 @@ def collate_actions(
     max_action_dim: int | None = None,
     priors: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """One batch for ``PoseVLAPolicyModel.compute_loss`` (or ``sample_actions`` for plain inputs).
+    """One batch for ``PoseVLA.compute_loss`` (or ``sample_actions`` for plain inputs).
 
     Keys: ``input_ids, attention_mask, token_type_ids (B, P)`` (prefix only), ``pixel_values, ray, depth
     (B, V, C, S, S)``, ``prior_mask (B, 2)``, ``state (B, max_state_dim)`` float32 zero-padded, and for

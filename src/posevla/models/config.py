@@ -36,6 +36,7 @@ __all__ = [
     "get_expert_config",
     "check_expert_pairing",
     "to_gemma_config",
+    "fake_answers",
 ]
 
 #: Prompt names of fake batches (different token lengths, so prompts are right-padded).
@@ -172,11 +173,8 @@ class PoseVLMConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PoseVLMConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown PoseVLMConfig fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; an unknown field is a ConfigError naming it and the valid ones."""
+        return _from_dict(cls, d)
 
     def fake_batch(
         self,
@@ -211,7 +209,7 @@ class PoseVLMConfig:
         texts = [
             tokenizer.build_example(
                 prompts[i % len(prompts)],
-                None if codec is None else codec.serialize(_fake_answer(rng, self.num_views)),
+                None if codec is None else codec.serialize(fake_answers(rng, self.num_views)),
                 n_image_tokens=self.n_image_tokens,
                 prompt_len=self.prompt_len,
             )
@@ -454,11 +452,8 @@ class ActionExpertConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ActionExpertConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown ActionExpertConfig fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; an unknown field is a ConfigError naming it and the valid ones."""
+        return _from_dict(cls, d)
 
     def fake_batch(
         self,
@@ -553,8 +548,17 @@ def to_gemma_config(cfg: ActionExpertConfig, attn_implementation: str = "sdpa"):
     return gcfg
 
 
-def _fake_answer(rng: Any, num_views: int) -> list[Any]:
-    """Random pose answers (view 1 negative, view v with v + 1 objects) for `PoseVLMConfig.fake_batch`."""
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(known)}")
+    return cls(**d)
+
+
+def fake_answers(rng: Any, num_views: int) -> list[Any]:
+    """Random pose answers for `PoseVLMConfig.fake_batch`: one `ViewAnswer` per view, view 1 a negative
+    (``bowl<no_object>``), view v ≠ 1 with v + 1 objects; `rng` is a numpy Generator."""
     import numpy as np
 
     from posevla.tokens import PoseEntry, ViewAnswer

@@ -108,7 +108,7 @@ def load_pi0_state_dict(
     parts: Iterable[str] = PI0_PARTS,
     source: str = "state dict",
 ) -> list[str]:
-    """Copy a π0-format state dict into a `PoseVLAPolicyModel`; return the names of our parameters it filled.
+    """Copy a π0-format state dict into a `PoseVLA`; return the names of our parameters it filled.
 
     Args:
         model: the policy (its ``vlm`` / ``expert`` submodules receive the weights).
@@ -277,7 +277,7 @@ def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
 def load_pi0_checkpoint(
     model: torch.nn.Module, directory: str | os.PathLike, *, parts: Iterable[str] = PI0_PARTS
 ) -> list[str]:
-    """Load a π0 checkpoint directory (``config.json`` + safetensors) into a `PoseVLAPolicyModel`.
+    """Load a π0 checkpoint directory (``config.json`` + safetensors) into a `PoseVLA`.
 
     The checkpoint's architecture is checked against the model's first (CheckpointError naming each differing
     field), then the weights go through `load_pi0_state_dict`. Returns the names of the parameters filled.
