@@ -58,7 +58,9 @@ class DemoConfig:
     (README). The robot phases are extrapolated from quick runs: per-step and per-call times were
     measured, then multiplied by the default counts. Measured end to end at the defaults (fresh clone, 2 cores):
     generate 43 s, demos 129 s, stage1 669 s (3,000 steps), eval 28 s, stage2 126 s, posttrain 94 s + 89 s,
-    closed_loop 165 s; total 22.5 min (24.6 min with creating the venv).
+    closed_loop 165 s; total 22.5 min (24.6 min with creating the venv). A faster 2-core machine ran the same
+    defaults in 11.0 min (11.9 min with the venv): generate 21 s, demos 61 s, stage1 340 s, eval 12 s, stage2
+    53 s, posttrain 45 s + 45 s, closed_loop 82 s.
 
     | phase                  | work at the defaults                                | estimate |
     |------------------------|-----------------------------------------------------|----------|
