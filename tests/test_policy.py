@@ -214,7 +214,11 @@ def test_non_finite_actions_are_never_returned(run):
 def test_checkpoint_without_norm_stats_or_expert(run, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(resolve_checkpoint(run), ckpt)
-    (ckpt / "norm_stats.json").unlink()
+    with pytest.raises(CheckpointError, match="norm_stats.json is missing; manifest.json lists it"):
+        (ckpt / "norm_stats.json").rename(ckpt / "stats.bak")
+        Policy.from_checkpoint(ckpt)
+    (ckpt / "manifest.json").unlink()  # as a checkpoint written before manifests: the deeper checks speak
+    (ckpt / "stats.bak").unlink()
     with pytest.raises(CheckpointError, match="norm_stats.json is missing.*normalisation statistics"):
         Policy.from_checkpoint(ckpt)
     conf = json.loads((ckpt / "config.json").read_text())
@@ -224,8 +228,10 @@ def test_checkpoint_without_norm_stats_or_expert(run, tmp_path):
         Policy.from_checkpoint(ckpt)
     del conf["expert"]
     (ckpt / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(CheckpointError, match="does not hold the model its config.json describes"):
+        Policy.from_checkpoint(ckpt)  # VLM-only config, policy weights: refused before a model is built
     with pytest.raises(CheckpointError, match="VLM checkpoint.*no action expert"):
-        Policy.from_checkpoint(ckpt)
+        Policy.from_checkpoint(Path(__file__).parent / "fixtures" / "legacy_checkpoints" / "tokens")
 
 
 def test_action_chunker_replans():

@@ -54,14 +54,21 @@ def test_checkpoint_is_self_describing(tiny_dataset, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(tiny_dataset, tmp_path):
+    """A checkpoint becomes `latest` only once the next step's loss is finite: the one written just before a
+    non-finite loss is dropped (its weights led there), the one before it stays."""
     def hook(step, loss):
         return loss * float("nan") if step == 2 else loss
 
-    with pytest.raises(TrainingError, match="non-finite loss.*step 2"):
+    with pytest.raises(TrainingError, match=r"(?s)non-finite loss.*step 2.*step 2 before it was not kept.*step_0000001"):
         train(_cfg(tiny_dataset, tmp_path / "run", steps=4, save_every=1), loss_hook=hook)
     ckpt = resolve_checkpoint(tmp_path / "run")
-    assert ckpt.name == "step_0000002"
-    assert load_checkpoint(ckpt).step == 2
+    assert ckpt.name == "step_0000001" and load_checkpoint(ckpt).step == 1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest.json", "step_0000001"]
+    # the same from the CLI flag, on the last step: the final checkpoint is checked with one more loss
+    with pytest.raises(TrainingError, match="non-finite loss.*step 2"):
+        train(_cfg(tiny_dataset, tmp_path / "cli", steps=2, save_every=5, debug_nan_at_step=2))
+    assert not (tmp_path / "cli" / "checkpoints" / "latest.json").exists()
+    assert not list((tmp_path / "cli" / "checkpoints").glob("step_*"))
 
 
 def test_missing_and_corrupt_checkpoints_raise(tmp_path):

@@ -26,10 +26,13 @@ from typing import Literal
 
 import tyro
 
+from posevla.errors import check_int
 from posevla.sim import ENVS, REPLAN_EVERY
 from posevla.sim.demos import ExpertDemoConfig
 from posevla.tokens import BinCounts
 
+#: The most scenes one `posevla generate` writes (about 7 MB each at the default size: 70 TB).
+MAX_SCENES = 10_000_000
 #: The simulators of the env registry, as a CLI choice.
 EnvName = Literal[tuple(ENVS)]  # type: ignore[valid-type]
 
@@ -49,6 +52,13 @@ class GenerateArgs:
     width: int = 256
     height: int = 192
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_int(self.num_scenes, "--num-scenes", lo=0, hi=MAX_SCENES)
+        check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
+        check_int(self.width, "--width", lo=16, hi=4096)
+        check_int(self.height, "--height", lo=16, hi=4096)
+        check_int(self.workers, "--workers", lo=1, hi=256)
 
 
 def _generate(argv: list[str]) -> None:
@@ -114,6 +124,11 @@ class EvalGroundingArgs:
     max_scenes: int | None = None
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        check_int(self.batch_size, "--batch-size", lo=1, hi=4096)
+        if self.max_scenes is not None:
+            check_int(self.max_scenes, "--max-scenes", lo=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSimArgs:
@@ -137,6 +152,15 @@ class EvalSimArgs:
     """Camera image size (default: the training data's)."""
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int(self.episodes_per_task, "--episodes-per-task", lo=1, hi=100_000)
+        check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
+        for flag, v, lo in (("--replan-every", self.replan_every, 1), ("--max-steps", self.max_steps, 1),
+                            ("--image-size", self.image_size, 16)):
+            if v is not None:
+                check_int(v, flag, lo=lo)
+        check_int(self.videos_per_task, "--videos-per-task", lo=0)
 
 
 def _eval_sim(argv: list[str]) -> None:
@@ -246,6 +270,10 @@ class DoctorArgs:
     """BOP obj_id -> name JSON (default: <root>/category_names.json or a built-in map)."""
     max_views: int = 2000
     max_depth_images: int = 16
+
+    def __post_init__(self) -> None:
+        check_int(self.max_views, "--max-views", lo=1)
+        check_int(self.max_depth_images, "--max-depth-images", lo=0)
 
 
 def _doctor(argv: list[str]) -> None:

@@ -7,6 +7,9 @@ letting a bare ``KeyError``/``IndexError`` escape from deep inside a loader.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 
 class PoseVLAError(Exception):
     """Base class for all errors raised on purpose by posevla."""
@@ -64,3 +67,43 @@ class TrainingError(PoseVLAError, RuntimeError):
 
 class InferenceError(PoseVLAError, RuntimeError):
     """A model produced an unusable output (e.g. non-finite actions); nothing is returned to the robot."""
+
+
+# -- value checks of configs and flags ------------------------------------------------------------------------
+#
+# ``name`` is what the user typed: the CLI flag (``--optim.lr``), which is also the field's dotted path.
+
+
+def check_int(value: Any, name: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as an int in ``[lo, hi]``, else a :class:`ConfigError` naming ``name``, the range and the value."""
+    import numpy as np
+
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{name} must be an integer {_range(lo, hi)}, got {value!r}")
+    return int(value)
+
+
+def check_float(
+    value: Any, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` with `lo_open`), else a :class:`ConfigError`."""
+    try:
+        ok = not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        ok = False
+    v = float(value) if ok else math.nan
+    if not ok or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+        rng = _range(lo, hi, lo_open=lo_open)
+        raise ConfigError(f"{name} must be a finite number {rng}, got {value!r}")
+    return v
+
+
+def _range(lo: float | None, hi: float | None, *, lo_open: bool = False) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}]"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if hi is not None:
+        return f"<= {hi}"
+    return ""

@@ -25,7 +25,7 @@ from posevla.data.fitting import collect_labels
 from posevla.data.formats.lerobot import load_lerobot_v3
 from posevla.data.formats.omni3d import load_omni3d
 from posevla.data.sources import SourceSpec, fit_source_bins, load_source
-from posevla.errors import ConfigError
+from posevla.errors import ConfigError, check_float, check_int
 from posevla.eval.demo_report import demo_summary, write_demo_report
 from posevla.eval.predict import evaluate_checkpoint
 from posevla.eval.sim import evaluate_policy_checkpoint
@@ -125,6 +125,23 @@ class DemoConfig:
     quick: bool = False
     """Tiny smoke run (for CI / tests): few scenes, few steps, one task. Numbers are not meaningful."""
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for flag, v, lo in (
+            ("--train-scenes", self.train_scenes, 1), ("--val-scenes", self.val_scenes, 1),
+            ("--width", self.width, 16), ("--height", self.height, 16), ("--workers", self.workers, 1),
+            ("--steps", self.steps, 1), ("--stage1-views", self.stage1_views, 1), ("--batch-size", self.batch_size, 1),
+            ("--eval-scenes", self.eval_scenes, 1), ("--demos-per-task", self.demos_per_task, 1),
+            ("--demo-image-size", self.demo_image_size, 16), ("--stage2-steps", self.stage2_steps, 1),
+            ("--posttrain-steps", self.posttrain_steps, 1), ("--posttrain-batch-size", self.posttrain_batch_size, 1),
+            ("--eval-episodes-per-task", self.eval_episodes_per_task, 1), ("--eval-seed", self.eval_seed, 0),
+            ("--eval-max-steps", self.eval_max_steps, 1), ("--videos-per-task", self.videos_per_task, 0),
+            ("--seed", self.seed, 0),
+        ):
+            check_int(v, flag, lo=lo)
+        check_float(self.lr, "--lr", lo=0.0, lo_open=True)
+        if self.replan_every is not None:
+            check_int(self.replan_every, "--replan-every", lo=1)
 
 
 def quick_config(cfg: DemoConfig) -> DemoConfig:

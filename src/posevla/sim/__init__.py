@@ -25,7 +25,7 @@ import numpy as np
 
 import posevla.sim.render  # noqa: F401  (sets MUJOCO_GL before any simulator imports mujoco)
 from posevla.data.schema import Observation
-from posevla.errors import ConfigError
+from posevla.errors import ConfigError, check_int  # noqa: F401 (check_int: re-exported for simulators)
 
 __all__ = [
     "ENVS",
@@ -116,15 +116,6 @@ class ClosedLoopEnv(Protocol):
     def close(self) -> None:
         """Release simulator and rendering resources."""
         ...
-
-
-def check_int(value: Any, name: str, *, lo: int, hi: int | None = None) -> int:
-    """``value`` as an int in ``[lo, hi]``, else a :class:`ConfigError` naming ``name`` and the range."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or value < lo or (hi is not None and value > hi):
-        rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ConfigError(f"{name} must be an int {rng}, got {value!r}")
-    return int(value)
 
 
 def env_module(name: str) -> ModuleType:

@@ -14,10 +14,12 @@ Layout of `<out_dir>/checkpoints/step_000500/`:
                          `posevla.data.normalize.load_norm_stats` reads and validates it)
   tokenizer/             the text tokenizer (pose tokens included)
   versions.json          package versions
+  manifest.json          size and SHA-256 of every other file, verified when the checkpoint is read
 
-A checkpoint is written under a temporary name and renamed into place; `checkpoints/latest` (a text
-file naming the directory) is replaced atomically only after that rename, so killing the process at
-any moment never leaves a corrupt "latest". No device is recorded anywhere.
+A checkpoint is written under a temporary name and renamed into place; `checkpoints/latest.json` is replaced
+atomically only after that rename (the trainer promotes a checkpoint only once the next step's loss is finite),
+so killing the process at any moment never leaves a corrupt "latest"; :func:`clean_leftovers` removes what a
+killed run left. No device is recorded anywhere.
 
 :func:`load_checkpoint` is the only reader: the trainer (resume / init), `posevla.policy.Policy` and the
 grounding predictor all use the :class:`Checkpoint` it returns. The model is rebuilt from the *saved*
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from posevla.models.text import PoseTextTokenizer
 from posevla.runtime import package_versions
 from posevla.tokens import BinSpec
 from posevla.training.config import TrainConfig
+from posevla.training.integrity import check_weights_header, verify_manifest, write_manifest
 
 __all__ = [
     "Checkpoint",
@@ -58,9 +60,14 @@ __all__ = [
     "resolve_checkpoint",
     "load_model_weights",
     "load_training_state",
+    "promote_checkpoint",
+    "discard_checkpoint",
+    "clean_leftovers",
 ]
 
 REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "config.json", "bins.json")
+#: What `load_checkpoint` reads (and verifies against the manifest); resuming also reads optimizer.pt and rng.pt.
+_CONSUMER_FILES = (*REQUIRED_FILES, "norm_stats.json", "tokenizer")
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -99,19 +106,45 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int = 2,
     norm_stats: dict[str, Any] | None = None,
+    promote: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; prune old ones beyond `keep`.
+    """Write checkpoint `step` atomically (with its manifest); with `promote`, point `latest` at it and prune.
 
     `norm_stats` is the ``norm_stats.json`` document (`posevla.data.normalize.norm_stats_json`) of a model
-    that reads a state / predicts actions; None for VLM-only stages.
+    that reads a state / predicts actions; None for VLM-only stages. With ``promote=False`` the directory is
+    complete but not yet `latest` (:func:`promote_checkpoint` makes it so once it is known to be good).
+
+    Raises:
+        CheckpointError: a write failed (full disk, permissions); the folder is removed and the previous
+            checkpoint stays `latest` (the message names both).
     """
     root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, step, model, optimizer, scheduler, config, bins_json, tokenizer, trainer_state, norm_stats)
+        write_manifest(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = _latest_name(root)
+        raise CheckpointError(
+            f"could not write the checkpoint of step {step} to {tmp} ({e.strerror or e}); nothing was kept of it and "
+            f"{'the previous checkpoint ' + prev + ' stays latest' if prev else 'no earlier checkpoint exists'}. "
+            "Free disk space or fix the folder's permissions, then continue with --resume"
+        ) from e
+    if promote:
+        promote_checkpoint(final, keep=keep)
+    return final
+
+
+def _write_files(tmp, step, model, optimizer, scheduler, config, bins_json, tokenizer, trainer_state, norm_stats) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Tied weights share storage; safetensors refuses shared tensors, so store each storage once.
     seen: dict[int, str] = {}
@@ -140,15 +173,61 @@ def save_checkpoint(
     tokenizer.save(tmp / "tokenizer")
     with open(tmp / "model.safetensors", "rb") as f:  # make sure the bytes are on disk before the rename
         os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_json_atomic(root / "latest.json", {"step": step, "dir": final.name})
-    # prune
-    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+
+
+def promote_checkpoint(final: Path, *, keep: int = 2) -> None:
+    """Point ``checkpoints/latest.json`` at the complete checkpoint `final`; keep the `keep` newest ones."""
+    root = final.parent
+    _write_json_atomic(root / "latest.json", {"step": int(final.name.split("_")[-1]), "dir": final.name})
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name <= final.name)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def discard_checkpoint(final: Path) -> None:
+    """Remove a written but never promoted checkpoint (its next step diverged)."""
+    shutil.rmtree(final, ignore_errors=True)
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        return str(root / json.loads((root / "latest.json").read_text())["dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clean_leftovers(out_dir: str | Path) -> list[tuple[Path, int]]:
+    """Remove what killed runs left in ``out_dir/checkpoints``: temporary folders of processes that no longer
+    run, and written-but-never-promoted checkpoints newer than `latest`. Returns (path, bytes) of each."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    latest = _latest_name(root)
+    latest_name = Path(latest).name if latest else ""
+    removed = []
+    for p in sorted(root.iterdir()):
+        if not p.is_dir():
+            continue
+        stale_tmp = p.name.startswith(".tmp_step_") and not _pid_alive(p.name.rsplit("_", 1)[-1])
+        unpromoted = p.name.startswith("step_") and p.name > latest_name
+        if stale_tmp or unpromoted:
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append((p, size))
+    return removed
+
+
+def _pid_alive(pid: str) -> bool:
+    """True when `pid` is another process that still runs (it may still be writing its folder)."""
+    try:
+        if int(pid) == os.getpid():  # a folder of an earlier run in this process that failed mid-write
+            return False
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -193,18 +272,35 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path, *, strict: 
 
 
 def load_training_state(ckpt_dir: str | Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG; return trainer_state.json."""
+    """Restore optimizer, scheduler and RNG; return trainer_state.json. Errors name the damaged file."""
     d = resolve_checkpoint(ckpt_dir)
-    try:
-        opt = torch.load(d / "optimizer.pt", weights_only=False)
-        rng = torch.load(d / "rng.pt", weights_only=False)
-    except (FileNotFoundError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"cannot resume from {d}: {e}") from e
+    verify_manifest(d, ["optimizer.pt", "rng.pt"])
+    loaded = {}
+    for name in ("optimizer.pt", "rng.pt"):
+        try:
+            loaded[name] = torch.load(d / name, weights_only=False)
+        except FileNotFoundError:
+            raise CheckpointError(f"{d / name} is missing: the checkpoint cannot resume a run (it can still be "
+                                  "loaded for inference); resume from another checkpoint or start a new run") from None
+        except Exception as e:  # torch raises several error types for truncated or empty files
+            raise CheckpointError(f"{d / name} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
+                                  "corrupt: resume from another checkpoint or start a new run") from None
+    opt, rng = loaded["optimizer.pt"], loaded["rng.pt"]
     optimizer.load_state_dict(opt["optimizer"])
     if scheduler is not None and opt.get("scheduler") is not None:
         scheduler.load_state_dict(opt["scheduler"])
     set_rng_state(rng)
-    return json.loads((d / "trainer_state.json").read_text())
+    return _trainer_state(d)
+
+
+def _trainer_state(d: Path) -> dict[str, Any]:
+    path = d / "trainer_state.json"
+    state = _read_json(path)
+    step = state.get("step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: 'step' must be a non-negative integer, got {step!r}; the checkpoint is "
+                              "damaged: resume from another checkpoint or start a new run")
+    return state
 
 
 @dataclass(frozen=True)
@@ -289,8 +385,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     missing = [f for f in REQUIRED_FILES if not (d / f).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {d} is incomplete: missing {', '.join(missing)}; it cannot be used")
+    verify_manifest(d, _CONSUMER_FILES)
     conf = _read_json(d / "config.json")
-    state = _read_json(d / "trainer_state.json")
+    state = _trainer_state(d)
     for key in ("train", "model"):
         if not isinstance(conf.get(key), dict):
             raise CheckpointError(f"{d / 'config.json'} has no '{key}' section; the checkpoint is incomplete")
@@ -309,6 +406,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{d / 'config.json'}: objective {train.objective!r} but the 'expert' section is "
             f"{'present' if expert is not None else 'missing'}; the checkpoint is inconsistent"
         )
+    check_weights_header(d / "model.safetensors", model, expert)
     data = conf.get("data") or {k: conf[k] for k in ("categories", "sources") if k in conf}
     stats = None
     if expert is not None:
@@ -333,7 +431,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             )
     return Checkpoint(
         dir=d,
-        step=int(state.get("step", 0)),
+        step=int(state["step"]),
         train=train,
         model=model,
         expert=expert,

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from posevla.data.action_space import ActionConfig
 from posevla.data.sources import SourceSpec
-from posevla.errors import ConfigError
-from posevla.models.config import PoseVLMConfig, get_model_config
+from posevla.errors import ConfigError, check_float, check_int
+from posevla.models.config import EXPERT_CONFIGS, MODEL_CONFIGS, PoseVLMConfig, get_model_config
 from posevla.tokens import BinCounts
 
 __all__ = ["OptimConfig", "ModelChoice", "DataConfig", "TrainConfig"]
@@ -47,6 +47,16 @@ class OptimConfig:
     """Max global gradient norm."""
 
     def __post_init__(self) -> None:
+        check_float(self.lr, "--optim.lr", lo=0.0, lo_open=True)
+        check_float(self.min_lr, "--optim.min-lr", lo=0.0, hi=float(self.lr))
+        check_int(self.warmup_steps, "--optim.warmup-steps", lo=0)
+        check_float(self.weight_decay, "--optim.weight-decay", lo=0.0)
+        check_float(self.eps, "--optim.eps", lo=0.0, lo_open=True)
+        check_float(self.grad_clip, "--optim.grad-clip", lo=0.0, lo_open=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"--optim.betas must be two numbers (beta1 beta2), got {list(self.betas)}")
+        for b in self.betas:
+            check_float(b, "--optim.betas", lo=0.0, hi=0.999999)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # JSON gives a list
 
     def lr_multiplier(self, steps: int) -> Callable[[int], float]:
@@ -79,6 +89,12 @@ class ModelChoice:
     """Image slots per sample (None = the size's, 3). The weights do not depend on it, so a checkpoint
     trained with 1 slot initialises a 3-slot stage (the demo's stage 1 uses the head camera only)."""
 
+    def __post_init__(self) -> None:
+        if self.size not in MODEL_CONFIGS:
+            raise ConfigError(f"--model.size {self.size!r} is unknown; valid sizes: {', '.join(sorted(MODEL_CONFIGS))}")
+        if self.num_views is not None:
+            check_int(self.num_views, "--model.num-views", lo=1, hi=16)
+
     def views(self) -> int:
         """The image slots of this run."""
         return self.num_views if self.num_views is not None else get_model_config(self.size).num_views
@@ -110,6 +126,9 @@ class DataConfig:
     """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it)."""
 
     def __post_init__(self) -> None:
+        check_float(self.weight_exponent, "--data.weight-exponent", lo=0.0, hi=2.0)
+        check_float(self.negative_prob, "--data.negative-prob", lo=0.0, hi=1.0)
+        check_int(self.num_workers, "--data.num-workers", lo=0, hi=256)
         # read back from a checkpoint's JSON: a list of dicts
         sources = tuple(_build(SourceSpec, s, "data.sources") if isinstance(s, Mapping) else s for s in self.sources)
         object.__setattr__(self, "sources", sources)
@@ -158,6 +177,8 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     progress: bool = True
+    debug_nan_at_step: int | None = None
+    """Testing only: make the loss of this step non-finite, to exercise the divergence guard."""
 
     def __post_init__(self) -> None:
         if self.objective not in ("tokens", "actions"):
@@ -168,6 +189,18 @@ class TrainConfig:
                 object.__setattr__(self, name, _build(kind, value, f"train.{name}"))
         if isinstance(self.action, Mapping):
             object.__setattr__(self, "action", ActionConfig.from_dict(self.action))
+        if self.objective == "actions" and self.expert not in EXPERT_CONFIGS:
+            raise ConfigError(f"--expert {self.expert!r} is unknown; valid sizes: {', '.join(sorted(EXPERT_CONFIGS))}")
+        check_int(self.steps, "--steps", lo=0)
+        check_int(self.batch_size, "--batch-size", lo=1)
+        check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
+        check_int(self.num_threads, "--num-threads", lo=0)
+        check_int(self.log_every, "--log-every", lo=1)
+        check_int(self.save_every, "--save-every", lo=1)
+        check_int(self.keep_checkpoints, "--keep-checkpoints", lo=1)
+        check_float(self.ordinal_sigma, "--ordinal-sigma", lo=0.0)
+        if self.debug_nan_at_step is not None:
+            check_int(self.debug_nan_at_step, "--debug-nan-at-step", lo=0)
 
     # -- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +36,11 @@ from posevla.errors import CheckpointError, TrainingError
 from posevla.runtime import autocast_context, pick_device_and_precision
 from posevla.training.checkpoint import (
     Checkpoint,
+    clean_leftovers,
+    discard_checkpoint,
     load_checkpoint,
     load_training_state,
+    promote_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -73,7 +77,9 @@ def train(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir)
+    for path, size in clean_leftovers(out_dir):
+        print(f"[posevla] removed {path} ({size / 1e6:.1f} MB): an unfinished checkpoint of an interrupted run")
     device, use_bf16, reason = pick_device_and_precision(cfg.device, cfg.precision)
     print(f"[posevla] device={device} precision={'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
 
@@ -106,6 +112,12 @@ def train(
         f.writelines(json.dumps(r) + "\n" for r in history)
 
     def checkpoint(step: int, last: dict[str, Any]) -> Path:
+        """Write the checkpoint of `step`, not yet `latest` (it is promoted once the next loss is finite)."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingError(
+                f"the parameters are no longer finite after step {step}; no checkpoint was written. "
+                f"{_last_good(last_ckpt)}. Lower --optim.lr or use --precision fp32"
+            )
         return save_checkpoint(
             out_dir,
             step,
@@ -118,6 +130,7 @@ def train(
             trainer_state={"data_position": {"seed": cfg.seed, "next_step": step}, "last": last},
             keep=cfg.keep_checkpoints,
             norm_stats=objective.norm_stats,
+            promote=False,
         )
 
     # -- steps ------------------------------------------------------------------------------------
@@ -127,12 +140,16 @@ def train(
     batches = stream_batches(make_batch, start_step, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     t_steps = time.time()
     step = start_step
+    pending: Path | None = None  # written, not yet `latest`: the next step's loss decides
     try:
         with open(metrics_path, "a") as mf:
             while step < cfg.steps:
                 _, batch = next(batches)
                 row, extra = _step(objective, model, optimizer, scheduler, batch, step, cfg, device, use_bf16,
-                                   loss_hook, last_ckpt)
+                                   loss_hook)
+                if pending is not None:
+                    promote_checkpoint(pending, keep=cfg.keep_checkpoints)
+                    last_ckpt, pending = pending, None
                 step += 1
                 last = {**row, "time_s": round(time.time() - t_steps, 3), **extra}
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -142,7 +159,19 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['token_acc']:.2f}")
                 if step % cfg.save_every == 0 or step == cfg.steps:
-                    last_ckpt = checkpoint(step, last)
+                    pending = checkpoint(step, last)
+            if pending is not None:  # the last checkpoint: the loss of the next batch decides (no update)
+                _probe(objective, model, next(batches)[1], step, cfg, device, use_bf16)
+                promote_checkpoint(pending, keep=cfg.keep_checkpoints)
+                last_ckpt, pending = pending, None
+    except _Diverged as e:
+        if pending is not None:
+            discard_checkpoint(pending)
+        raise TrainingError(
+            f"non-finite loss ({e.loss}) at step {e.step}; stopping before the optimizer step. "
+            + (f"The checkpoint of step {step} before it was not kept. " if pending is not None else "")
+            + f"{_last_good(last_ckpt)}. Lower --optim.lr, check the data with `posevla doctor`, or use --precision fp32."
+        ) from None
     finally:
         batches.close()  # stops the prefetch thread / loader workers
         bar.close()
@@ -150,6 +179,7 @@ def train(
     # -- save ---------------------------------------------------------------------------------------
     if last_ckpt is None:  # steps == start_step: nothing trained, still leave a usable checkpoint
         last_ckpt = checkpoint(step, last)
+        promote_checkpoint(last_ckpt, keep=cfg.keep_checkpoints)
     try:
         plot_loss_curve(history, out_dir / "loss_curve.png")
     except Exception as e:  # plotting must never lose a finished run
@@ -175,21 +205,13 @@ def _step(
     device: torch.device,
     use_bf16: bool,
     loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None,
-    last_ckpt: Path | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One optimizer step; returns its metrics (the step number is the one *after* it) and the objective's."""
-    batch = {k: v.to(device) for k, v in batch.items()}
-    with autocast_context(device, use_bf16):
-        out = objective.loss(model, batch)
-    loss = out["loss"]
-    if loss_hook is not None:
-        loss = loss_hook(step, loss)
-    if not torch.isfinite(loss):
-        where = f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-        raise TrainingError(
-            f"non-finite loss ({loss.item()}) at step {step}; stopping before the optimizer step. "
-            f"{where}. Lower --optim.lr, check the data with `posevla doctor`, or use --precision fp32."
-        )
+    """One optimizer step; returns its metrics (the step number is the one *after* it) and the objective's.
+
+    Raises:
+        _Diverged: the loss is not finite (nothing was updated).
+    """
+    out, loss = _loss(objective, model, batch, step, cfg, device, use_bf16, loss_hook)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -203,6 +225,63 @@ def _step(
         "lr": float(scheduler.get_last_lr()[0]),
     }
     return row, objective.metrics(out, batch)
+
+
+class _Diverged(Exception):
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"non-finite loss {loss} at step {step}")
+        self.loss, self.step = loss, step
+
+
+def _loss(
+    objective: Objective,
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    cfg: TrainConfig,
+    device: torch.device,
+    use_bf16: bool,
+    loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The objective's output and loss on `batch` (``--debug-nan-at-step`` and the test hook applied)."""
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with autocast_context(device, use_bf16):
+        out = objective.loss(model, batch)
+    loss = out["loss"]
+    if cfg.debug_nan_at_step == step:
+        loss = loss * float("nan")
+    if loss_hook is not None:
+        loss = loss_hook(step, loss)
+    if not torch.isfinite(loss):
+        raise _Diverged(float(loss.item()), step)
+    return out, loss
+
+
+@torch.no_grad()
+def _probe(objective: Objective, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int,
+           cfg: TrainConfig, device: torch.device, use_bf16: bool) -> None:
+    """The loss of the step after the last one, without an update: a diverged model fails here (_Diverged)."""
+    _loss(objective, model, batch, step, cfg, device, use_bf16)
+
+
+def _last_good(ckpt: Path | None) -> str:
+    return f"Last good checkpoint: {ckpt}" if ckpt else "No checkpoint was written yet"
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` and make sure it can be written; TrainingError naming the path and the cause."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"--out-dir {out_dir} is a file, not a folder; pass a folder path (it is created)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(
+            f"cannot write to --out-dir {out_dir}: {e.strerror or e}; pass a folder you can write to (check its "
+            "permissions and the free disk space)"
+        ) from None
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -235,7 +314,23 @@ def _tokenizer(model: torch.nn.Module) -> Any:
 
 
 def _read_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """The logged rows of a run before `upto_step`; lines a killed run cut short are dropped (and reported)."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("step", -1) < upto_step]
+    rows, bad = [], []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(n)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(n)
+    if bad:
+        print(f"[posevla] {path}: dropped {len(bad)} unreadable line(s) ({', '.join(map(str, bad[:5]))}), "
+              "written by a run that was killed mid-line")
+    return [r for r in rows if isinstance(r.get("step"), int) and r["step"] < upto_step]
