@@ -189,4 +189,19 @@ def test_cli_exit_codes(omni, capsys):
         main(["doctor", str(omni)])
     assert e.value.code == 1
     out = capsys.readouterr().out
-    assert "severity" in out and "units" in out and "dimensions" in out and "1 error(s)" in out
+    assert "severity" in out and "units" in out and "dimensions" in out and "plausible range" in out
+    assert "7 error(s)" in out  # the units error of the whole file, and each of the 6 box sides over 3 m
+
+
+def test_implausibly_far_objects_are_errors_per_kind_of_scene(omni):
+    """An object 1,000 km away passes the units medians but not the plausible range of its kind of scene."""
+    d = json.loads((omni / "dataset.json").read_text())
+    d["annotations"][0]["center_cam"] = [0.0, 0.0, 1.0e6]
+    (omni / "dataset.json").write_text(json.dumps(d))
+    rep = run_doctor(omni)
+    far = [f for f in rep.errors if f.check == "plausible range"]
+    assert len(far) == 1 and "1e+06 m from the camera" in far[0].finding and far[0].field == "center_cam"
+    assert rep.stats["scene_kind"] == "tabletop" and far[0].record
+    from posevla.data.doctor_checks import scene_kind
+
+    assert (scene_kind("KITTI"), scene_kind("SUNRGBD"), scene_kind(None)) == ("outdoor", "indoor", "outdoor")

@@ -258,3 +258,39 @@ def test_action_chunker_replans():
         ActionChunker(fake, replan_every=0)
     with pytest.raises(InferenceError, match="unusable chunk"):
         ActionChunker(lambda obs: {"actions": np.full((4, 2), np.nan)})({})
+
+
+def test_bad_depth_and_prompts_name_their_key(policy, data):
+    obs = data.observation(0, 0)
+    key = "observation.depth.head"
+    assert key in obs
+    for bad, msg in ((np.full_like(obs[key], np.nan), "1 NaN|NaN / inf pixels"), (obs[key] - 5.0, "negative values"),
+                     (obs[key][:, :-1], r"depth of camera 'head' has shape \(24, 31\), its image is \(24, 32\)")):
+        with pytest.raises(DataError, match=msg) as e:
+            policy.infer({**obs, key: bad}, seed=0)
+        assert e.value.field == key and e.value.fix
+    long = " ".join(["pick up the red block"] * 20)
+    for k in ("task", "instruction"):
+        o = {kk: v for kk, v in obs.items() if kk != "task"} | {k: long}
+        with pytest.raises(DataError, match="instruction .* takes .* tokens") as e:
+            policy.infer(o, seed=0)
+        assert e.value.field == k and k in e.value.fix
+
+
+def test_calls_without_a_seed_are_thread_safe(run, data):
+    """Seedless calls each get their own generator: from 6 threads the chunks are the 6 of 6 sequential calls."""
+    import threading
+
+    obs = data.observation(0, 0)
+    seq = Policy.from_checkpoint(run, device="cpu", precision="fp32", seed=5)
+    want = sorted(seq.infer(obs, num_steps=2)["actions"].sum() for _ in range(6))
+    par = Policy.from_checkpoint(run, device="cpu", precision="fp32", seed=5)
+    got: list[float] = []
+    threads = [threading.Thread(target=lambda: got.append(par.infer(obs, num_steps=2)["actions"].sum()))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(sorted(got), want, rtol=1e-5)
+    assert len(set(np.round(want, 5))) == 6  # every call drew its own noise

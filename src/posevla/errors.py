@@ -35,7 +35,7 @@ class DataError(PoseVLAError, ValueError):
         field: str | None = None,
         fix: str | None = None,
     ) -> None:
-        self.file, self.record, self.field, self.fix = file, record, field, fix
+        self.message, self.file, self.record, self.field, self.fix = message, file, record, field, fix
         where = []
         if file is not None:
             where.append(f"file {file}")

@@ -28,6 +28,8 @@ edge), once, and logged with the reason.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -86,7 +88,9 @@ class Policy:
         self.action_dim = self.stats["actions"].dim
         self.action_names = list(self.stats["actions"].names)
         self.latencies_ms: list[float] = []
-        self._generator = torch.Generator().manual_seed(int(seed))
+        self._seed = int(seed)
+        self._calls = itertools.count()  # calls without a seed: each gets its own generator (thread-safe)
+        self._lock = threading.Lock()
         self._grammar = None
 
     # -- construction ------------------------------------------------------------------------------
@@ -102,7 +106,8 @@ class Policy:
             path: the checkpoint.
             device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
             precision: ``auto`` (bf16 autocast where supported), ``bf16`` or ``fp32``.
-            seed: seeds the noise of calls that pass no seed of their own.
+            seed: seeds the noise of calls that pass no seed of their own (call k gets a generator seeded by
+                (seed, k): reproducible call by call, and safe from several threads).
 
         Raises:
             CheckpointError: not a post-training checkpoint, missing / invalid ``norm_stats.json``, or a
@@ -123,8 +128,14 @@ class Policy:
 
     # -- inference ---------------------------------------------------------------------------------
     def _noise(self, seed: int | None) -> torch.Tensor:
+        """The initial noise of one call: from `seed`, or (no seed) from a generator of its own, seeded by
+        the policy's seed and the call's number, so concurrent calls never share a generator."""
         cfg = self.model.cfg
-        gen = self._generator if seed is None else torch.Generator().manual_seed(int(seed))
+        if seed is None:
+            with self._lock:
+                k = next(self._calls)
+            seed = int(np.random.SeedSequence([self._seed, k]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(int(seed))
         return torch.randn((1, cfg.chunk_size, cfg.max_action_dim), generator=gen)  # (1, H, A_max), CPU
 
     def preprocess(self, obs: Mapping[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -168,8 +179,8 @@ class Policy:
         Args:
             obs: the observation dict.
             num_steps: Euler steps of the flow (default: the expert config's, 10).
-            seed: seed of the initial noise (same seed + observation → same chunk); None draws from the
-                policy's own generator (seeded at construction).
+            seed: seed of the initial noise (same seed + observation → same chunk); None uses a generator of
+                this call's own, seeded by the policy's seed and the call's number.
             return_poses: also decode the VLM's stage-2 waypoint plan per view (grammar-constrained).
         """
         t0 = time.perf_counter()

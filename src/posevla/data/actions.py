@@ -79,6 +79,7 @@ class ActionInputs:
     cameras: list[str | None]  # camera of each view slot (None = empty slot)
     state: np.ndarray  # (Ds,) float32, normalised
     state_raw: np.ndarray  # (Ds,) float64
+    prompt_key: str = "task"  # the observation key the instruction came from (named in errors)
 
 
 @dataclasses.dataclass
@@ -195,9 +196,7 @@ def observation_inputs(
                 )
         depth = None
         if cfg.priors and depth_key in obs and obs[depth_key] is not None:
-            depth = np.asarray(obs[depth_key], np.float32)
-            if depth.ndim == 3 and depth.shape[2] == 1:
-                depth = depth[..., 0]
+            depth = _checked_depth(obs[depth_key], rgb.shape[:2], cam, depth_key, record)
         K = camera_K(obs, cam, camera_config, record)
         prepared.append(prepare_view(rgb, depth, K, image_size))
         slots.append(cam)
@@ -208,7 +207,36 @@ def observation_inputs(
     }
     state_raw = state_vectors(state_feats, cfg, record)[0]  # (Ds,)
     state = stats["state"].normalize(state_raw).astype(np.float32)
-    return ActionInputs(prompt=task, prepared=prepared, cameras=slots, state=state, state_raw=state_raw)
+    return ActionInputs(prompt=task, prepared=prepared, cameras=slots, state=state, state_raw=state_raw,
+                        prompt_key="task" if "task" in obs else "instruction")
+
+
+def _checked_depth(value: Any, hw: tuple[int, int], cam: str, key: str, record: str) -> np.ndarray:
+    """A depth map (H, W) float32 metres of camera `cam`: finite, >= 0, at the image's resolution."""
+    depth = np.asarray(value)
+    if depth.dtype.kind not in "fiu":
+        raise DataError(f"depth of camera '{cam}' must be numbers (metres), got dtype {depth.dtype}", record=record,
+                        field=key, fix="pass float32 metres along the optical axis, 0 = invalid")
+    depth = depth.astype(np.float32)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.shape != tuple(hw):
+        raise DataError(
+            f"depth of camera '{cam}' has shape {depth.shape}, its image is {tuple(hw)}", record=record, field=key,
+            fix=f"pass the depth of camera '{cam}' at the image's resolution (H, W), or leave '{key}' out",
+        )
+    bad = ~np.isfinite(depth)
+    if bad.any():
+        raise DataError(
+            f"depth of camera '{cam}' has {int(bad.sum())} NaN / inf pixels of {depth.size}", record=record, field=key,
+            fix="store invalid depth as 0 (the contract), or leave the key out to run without the depth prior",
+        )
+    if (depth < 0).any():
+        raise DataError(
+            f"depth of camera '{cam}' has negative values (min {float(depth.min()):.4g} m)", record=record,
+            field=key, fix="pass metres along the optical axis (>= 0; 0 = invalid)",
+        )
+    return depth
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +378,14 @@ def collate_actions(
     """
     if not examples:
         raise DataError("collate_actions got no examples")
-    batch = collate(examples, None, tokenizer, spec, with_answer=False)
+    try:
+        batch = collate(examples, None, tokenizer, spec, with_answer=False)
+    except DataError as e:
+        if e.field != "prompt":
+            raise
+        keys = "/".join(sorted({getattr(ex, "prompt_key", "task") for ex in examples}))
+        raise DataError(e.message.replace("prompt ", "instruction ", 1), record=e.record, field=keys,
+                        fix=f"shorten the instruction passed under '{keys}' (or train with a larger prompt_len)") from None
     batch.pop("labels", None)
     if not priors:
         batch["prior_mask"] = torch.zeros_like(batch["prior_mask"])

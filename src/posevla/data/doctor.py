@@ -17,6 +17,8 @@ image orientation      projected 3D boxes agree with the stored 2D boxes (a flip
 depth scale            median valid depth within 0.05-20 m, and depth at projected object centres
                        agrees with the labelled z
 label ranges           visibility / truncation within [0, 1]; some objects pass the label filter
+plausible range        every object within the distance / size plausible for its kind of scene (tabletop
+                       10 m / 3 m: generated and BOP; indoor 30 m / 15 m; outdoor 300 m / 40 m: by source)
 constant labels        dimensions or depths with (near) zero spread: normalisation and bins blow up
 bin coverage           share of labels outside the range of a given ``bins.json``
 =====================  ==================================================================================
@@ -37,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from posevla.data.doctor_checks import Collector, Finding, check_raw_omni3d, check_scenes
+from posevla.data.doctor_checks import Collector, Finding, check_raw_omni3d, check_scenes, scene_kind
 from posevla.data.formats.lerobot import load_lerobot_v3
-from posevla.data.formats.omni3d import Object3D, Scene, View, load_omni3d
+from posevla.data.formats.omni3d import Object3D, Scene, View, dataset_source, load_omni3d
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 
@@ -140,8 +142,13 @@ def _doctor_omni3d(col: Collector, json_path: Path, kw: dict, stats: dict) -> No
         if not col.has(e.record, e.field):
             col.from_error("read", e)
         return
+    try:
+        raw = json.loads(json_path.read_text(encoding="utf-8"))
+        kind = scene_kind(dataset_source(raw.get("info") or {}, raw.get("images") or []))
+    except (OSError, ValueError, AttributeError):
+        kind = "outdoor"
     check_scenes(col, scenes, str(json_path), stored_boxes=lambda v, o: (np.asarray(o.bbox2d, np.float64), "proj"),
-                  stats=stats, **kw)
+                  stats=stats, kind=kind, **kw)
 
 
 def _doctor_bop(col: Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
@@ -172,7 +179,7 @@ def _doctor_bop(col: Collector, root: Path, kw: dict, stats: dict, category_name
             return None
         return np.array([x, y, x + w - 1, y + h - 1]), "tight"
 
-    check_scenes(col, scenes, str(root), stored_boxes=stored, stats=stats, **kw)
+    check_scenes(col, scenes, str(root), stored_boxes=stored, stats=stats, kind="tabletop", **kw)
 
 
 def _doctor_lerobot(col: Collector, root: Path, stats: dict) -> None:

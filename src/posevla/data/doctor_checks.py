@@ -284,10 +284,40 @@ def _check_2d(col: Collector, items: list[tuple[View, Object3D, np.ndarray, str]
                 file=file, field="center_cam")
 
 
+#: The farthest object centre (m) and the largest box side (m) plausible per kind of scene; beyond them a
+#: label has the wrong units or a broken pose (an object 1,000 km away is not a tabletop object).
+PLAUSIBLE = {"tabletop": (10.0, 3.0), "indoor": (30.0, 15.0), "outdoor": (300.0, 40.0)}
+#: Omni3D sources by kind of scene (case and ``-_ `` ignored); an unknown source gets the outdoor bounds.
+SCENE_KINDS = {"sunrgbd": "indoor", "arkitscenes": "indoor", "hypersim": "indoor", "objectron": "indoor",
+               "kitti": "outdoor", "nuscenes": "outdoor", "posevlatabletop": "tabletop"}
+
+
+def scene_kind(source: str | None) -> str:
+    """``tabletop`` / ``indoor`` / ``outdoor`` of an Omni3D source name (``outdoor``, the loosest, if unknown)."""
+    key = "".join(ch for ch in str(source or "").lower() if ch not in "-_ ")
+    return SCENE_KINDS.get(key, "outdoor")
+
+
+def _check_plausible(col: Collector, objs: list[tuple[View, Object3D]], kind: str, file: str | None) -> None:
+    """Every object within the plausible distance and size of its kind of scene (an error per record)."""
+    far, big = PLAUSIBLE[kind]
+    for v, o in objs:
+        dist = float(np.linalg.norm(np.asarray(o.center_cam, np.float64)))
+        side = float(np.max(np.asarray(o.dimensions, np.float64)))
+        if dist > far:
+            col.add("error", "plausible range", f"object {dist:.4g} m from the camera; {kind} data reaches {far:g} m",
+                    "check the units (metres) and the pose of this record, or drop it", file=file, record=_rec(v, o),
+                    field="center_cam")
+        if side > big:
+            col.add("error", "plausible range", f"box side {side:.4g} m; {kind} objects stay below {big:g} m",
+                    "check the units (metres) of the dimensions of this record, or drop it", file=file,
+                    record=_rec(v, o), field="dimensions")
+
+
 def check_scenes(col: Collector, scenes: Sequence[Scene], file: str | None, *, bins: str | None,
                   label_filter: LabelFilter, max_views: int, max_depth_images: int,
                   stored_boxes: Callable[[View, Object3D], tuple[np.ndarray, str] | None],
-                  stats: dict[str, Any]) -> None:
+                  stats: dict[str, Any], kind: str = "outdoor") -> None:
     views = _all_views(scenes)
     objs = [(v, o) for v in views for o in v.objects]
     stats.update(images=len(views), objects=len(objs))
@@ -322,6 +352,8 @@ def check_scenes(col: Collector, scenes: Sequence[Scene], file: str | None, *, b
         col.add("warning", "units", f"median object depth is {np.median(centers[:, 2]):.3g} m",
                 "check the units of the translations (metres) unless this is outdoor data", file=file,
                 field="center_cam")
+    _check_plausible(col, objs, kind, file)
+    stats["scene_kind"] = kind
     # constant labels
     if len(objs) >= 5:
         for arr, name, fld in ((dims, "dimension", "dimensions"), (centers[:, 2:], "depth z", "center_cam")):

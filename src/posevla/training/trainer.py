@@ -265,7 +265,7 @@ def _probe(objective: Objective, model: torch.nn.Module, batch: dict[str, torch.
 
 
 def _last_good(ckpt: Path | None) -> str:
-    return f"Last good checkpoint: {ckpt}" if ckpt else "No checkpoint was written yet"
+    return f"Last good checkpoint: {ckpt}" if ckpt else "No good checkpoint exists yet"
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
