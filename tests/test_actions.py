@@ -116,7 +116,7 @@ def test_missing_joint_feature_names_it(ds):
         ActionDataset(ds, ActionConfig(space="joints"), SPEC)
     with pytest.raises(ConfigError, match="space"):
         ActionConfig(space="cartesian")
-    with pytest.raises(ConfigError, match="chunk_size"):
+    with pytest.raises(ConfigError, match="--action.chunk-size"):
         ActionConfig(chunk_size=0)
 
 

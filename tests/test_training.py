@@ -59,7 +59,8 @@ def test_non_finite_loss_stops_and_keeps_last_good(tiny_dataset, tmp_path):
     def hook(step, loss):
         return loss * float("nan") if step == 2 else loss
 
-    with pytest.raises(TrainingError, match=r"(?s)non-finite loss.*step 2.*step 2 before it was not kept.*step_0000001"):
+    with pytest.raises(TrainingError, match=r"(?s)non-finite loss.*step 2.*step 2, whose weights gave this loss, "
+                                            r"was discarded.*step_0000001"):
         train(_cfg(tiny_dataset, tmp_path / "run", steps=4, save_every=1), loss_hook=hook)
     ckpt = resolve_checkpoint(tmp_path / "run")
     assert ckpt.name == "step_0000001" and load_checkpoint(ckpt).step == 1

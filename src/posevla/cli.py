@@ -22,11 +22,12 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
-from posevla.errors import check_int
+from posevla.errors import check_int, given_as
+from posevla.runtime import check_device
 from posevla.sim import ENVS, REPLAN_EVERY
 from posevla.sim.demos import ExpertDemoConfig
 from posevla.tokens import BinCounts
@@ -65,7 +66,8 @@ def _generate(argv: list[str]) -> None:
     from posevla.sim.tabletop import generate_dataset
 
     a = tyro.cli(GenerateArgs, args=argv, prog="posevla generate")
-    stats = generate_dataset(a.out, a.num_scenes, seed=a.seed, width=a.width, height=a.height, workers=a.workers)
+    with given_as("--out"):
+        stats = generate_dataset(a.out, a.num_scenes, seed=a.seed, width=a.width, height=a.height, workers=a.workers)
     print(json.dumps(stats, indent=2, default=float))
 
 
@@ -126,6 +128,7 @@ class EvalGroundingArgs:
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "--batch-size", lo=1, hi=4096)
+        check_device(self.device)
         if self.max_scenes is not None:
             check_int(self.max_scenes, "--max-scenes", lo=1)
 
@@ -161,6 +164,7 @@ class EvalSimArgs:
             if v is not None:
                 check_int(v, flag, lo=lo)
         check_int(self.videos_per_task, "--videos-per-task", lo=0)
+        check_device(self.device)
 
 
 def _eval_sim(argv: list[str]) -> None:
@@ -227,9 +231,12 @@ def _tokens(argv: list[str]) -> None:
         raise SystemExit(2)
     a = tyro.cli(TokensReportArgs, args=argv[1:], prog="posevla tokens report")
     data = Path(a.data) / "dataset.json" if Path(a.data).is_dir() else Path(a.data)
-    labels = collect_labels(load_omni3d(data))
+    with given_as("--bins"):
+        bins = BinSpec.load(a.bins)
+    with given_as("--data"):
+        labels = collect_labels(load_omni3d(data))
     rep = quantization_report(
-        BinSpec.load(a.bins), trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"], rot=labels["rot"]
+        bins, trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"], rot=labels["rot"]
     )
     print(format_report(rep))
 
@@ -262,7 +269,7 @@ def _fit_bins(argv: list[str]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class DoctorArgs:
-    path: tyro.conf.Positional[str]
+    path: tyro.conf.Positional[Annotated[str, tyro.conf.arg(metavar="PATH")]]
     """Omni3D json (or its folder), BOP dataset root, or LeRobot v3 folder."""
     bins: str | None = None
     """bins.json whose coverage of the labels is checked."""

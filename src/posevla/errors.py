@@ -8,6 +8,8 @@ letting a bare ``KeyError``/``IndexError`` escape from deep inside a loader.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -107,3 +109,15 @@ def _range(lo: float | None, hi: float | None, *, lo_open: bool = False) -> str:
     if hi is not None:
         return f"<= {hi}"
     return ""
+
+
+@contextmanager
+def given_as(flag: str) -> Iterator[None]:
+    """Put the flag or key a value came from (``--bins-file``) in front of the message of a `PoseVLAError` raised
+    while it is used, so the user knows which of their inputs to fix; messages that name it already stay."""
+    try:
+        yield
+    except PoseVLAError as e:
+        if e.args and isinstance(e.args[0], str) and flag not in e.args[0]:
+            e.args = (f"{flag}: {e.args[0]}", *e.args[1:])
+        raise

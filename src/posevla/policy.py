@@ -44,7 +44,7 @@ from posevla.data.actions import camera_T_world_cam, collate_actions, observatio
 from posevla.data.collate import ExampleSpec
 from posevla.data.formats.lerobot import CameraConfig
 from posevla.data.normalize import NormStats
-from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError
+from posevla.errors import CheckpointError, ConfigError, DataError, InferenceError, check_int
 from posevla.runtime import autocast_context, pick_device_and_precision
 from posevla.sim import REPLAN_EVERY, PolicyOutput
 from posevla.tokens import PoseCodec, PoseGrammar
@@ -83,7 +83,8 @@ class Policy:
         self.cameras: list[str] = list(self.data["cameras"])
         self.image_sizes = {c: tuple(int(v) for v in s) for c, s in self.data.get("image_sizes", {}).items()}
         cc = self.data.get("camera_config")
-        self.camera_config = CameraConfig.from_dict(cc) if cc is not None else None
+        self.camera_config = (CameraConfig.from_dict(cc, file=f"{saved.dir / 'config.json'} (data.camera_config)")
+                              if cc is not None else None)
         self.chunk_size = int(model.cfg.chunk_size)
         self.action_dim = self.stats["actions"].dim
         self.action_names = list(self.stats["actions"].names)
@@ -184,6 +185,8 @@ class Policy:
             return_poses: also decode the VLM's stage-2 waypoint plan per view (grammar-constrained).
         """
         t0 = time.perf_counter()
+        if seed is not None:
+            check_int(seed, "seed", lo=0, hi=2**63 - 1)
         inputs, batch = self.preprocess(obs)
         t1 = time.perf_counter()
         noise = self._noise(seed).to(self.device)

@@ -4,6 +4,7 @@ logged with a reason, and the versions of the packages it runs with (written int
 from __future__ import annotations
 
 import contextlib
+import re
 from functools import lru_cache
 
 import torch
@@ -22,12 +23,19 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_device(device: str, flag: str = "--device") -> str:
+    """`device` if it names a device posevla runs on (``auto``, ``cpu``, ``cuda``, ``cuda:N``), else a
+    `ConfigError` naming `flag`; whether a GPU is there is decided later, where the model is placed."""
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        raise ConfigError(f"{flag} {device!r} is unknown; use auto, cpu, cuda or cuda:N")
+    return device
+
+
 def pick_device_and_precision(device: str = "auto", precision: str = "auto") -> tuple[torch.device, bool, str]:
     """(device, use_bf16_autocast, human-readable reason)."""
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but torch sees no GPU; use --device cpu")
     dev = torch.device(device)

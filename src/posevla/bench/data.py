@@ -89,6 +89,8 @@ def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
         raise ConfigError(f"--workers needs one or more counts >= 0, got {args.workers}")
     if args.train_steps < 1:
         raise ConfigError(f"--train-steps must be >= 1, got {args.train_steps}")
+    if args.data is None and args.num_scenes < 1:
+        raise ConfigError(f"--num-scenes must be >= 1 (the scenes generated to time on), got {args.num_scenes}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.config)

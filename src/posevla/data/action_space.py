@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from posevla.data.formats.lerobot.schema import QUAT_NORM_TOL
 from posevla.data.schema import DEPTH_PREFIX, EE_POSE_KEY, GRIPPER_KEY, IMAGE_PREFIX
 from posevla.errors import ConfigError, DataError
 from posevla.geometry import matrix_to_quat_wxyz, matrix_to_rot6d, quat_wxyz_to_matrix, rot6d_to_matrix
@@ -83,21 +84,21 @@ class ActionConfig:
 
     def __post_init__(self) -> None:
         if self.space not in ("ee_pose", "joints"):
-            raise ConfigError(f"action space {self.space!r} is unknown; use 'ee_pose' or 'joints'")
+            raise ConfigError(f"--action.space {self.space!r} is unknown; use 'ee_pose' or 'joints'")
         for name in ("chunk_size", "stride", "plan_horizon"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"ActionConfig.{name} must be an integer >= 1, got {v!r}")
+                raise ConfigError(f"--action.{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
         if self.space == "ee_pose":
             if not self.ee_keys:
-                raise ConfigError("ActionConfig.ee_keys is empty; name the ee-pose feature of each arm")
+                raise ConfigError("--action.ee-keys is empty; name the ee-pose feature of each arm")
             if self.gripper_keys and len(self.gripper_keys) != len(self.ee_keys):
                 raise ConfigError(
-                    f"ActionConfig.gripper_keys {self.gripper_keys} must be empty or one per arm of "
-                    f"ee_keys {self.ee_keys}"
+                    f"--action.gripper-keys {self.gripper_keys} must be empty or one per arm of "
+                    f"--action.ee-keys {self.ee_keys}"
                 )
         if not self.std_eps > 0:
-            raise ConfigError(f"ActionConfig.std_eps must be positive, got {self.std_eps!r}")
+            raise ConfigError(f"--action.std-eps must be a positive number, got {self.std_eps!r}")
         # JSON round trips give lists; keep the dataclass hashable and comparable.
         for name in ("ee_keys", "gripper_keys", "constant_dims", "plan_arms"):
             object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
@@ -200,6 +201,15 @@ def _ee_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str) -> 
     parts = []
     for i, key in enumerate(cfg.ee_keys):
         pose = _require(features, key, record, "the 'ee_pose' action space")
+        if pose.ndim != 2 or pose.shape[1] != 7:
+            raise DataError(f"'{key}' must be xyz + quaternion wxyz (7 numbers per frame), got shape {pose.shape[1:]}",
+                            record=record, field=key, fix="pass [x, y, z, qw, qx, qy, qz] (world frame, metres)")
+        norm = np.linalg.norm(pose[:, 3:], axis=1)
+        if (np.abs(norm - 1.0) > QUAT_NORM_TOL).any():
+            t = int(np.argmax(np.abs(norm - 1.0) > QUAT_NORM_TOL))
+            raise DataError(f"'{key}' quaternion is not unit length: |q| = {norm[t]:.6g} (wxyz {pose[t, 3:].tolist()})",
+                            record=record if len(pose) == 1 else f"{record} frame {t}", field=key,
+                            fix="normalise the quaternion and check its order is w, x, y, z (scalar first)")
         grip = None
         if cfg.gripper_keys:
             grip = _require(features, cfg.gripper_keys[i], record, "the 'ee_pose' action space")

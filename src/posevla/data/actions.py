@@ -44,6 +44,7 @@ from posevla.data.action_space import (
 )
 from posevla.data.collate import ExampleSpec, batch_indices, collate
 from posevla.data.formats.lerobot import CameraConfig, LeRobotV3Dataset
+from posevla.data.formats.lerobot.schema import MAX_DEPTH_M
 from posevla.data.grounding import PreparedView, empty_view, prepare_view
 from posevla.data.normalize import NormStats
 from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX, camera_K_key, camera_T_key
@@ -108,9 +109,10 @@ def camera_K(obs: Mapping[str, Any], cam: str, camera_config: CameraConfig | Non
         )
     if K.shape != (3, 3) or not np.all(np.isfinite(K)) or not (K[0, 0] > 0 and K[1, 1] > 0):
         raise DataError(
-            f"intrinsics must be a finite 3x3 matrix with fx, fy > 0, got shape {K.shape}",
+            f"intrinsics must be a finite 3x3 matrix with fx, fy > 0, got {K.tolist() if K.size <= 9 else K.shape}",
             record=record,
             field=key,
+            fix=f"pass '{key}' as [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] of the image as given (pixels)",
         )
     return K
 
@@ -198,6 +200,8 @@ def observation_inputs(
         if cfg.priors and depth_key in obs and obs[depth_key] is not None:
             depth = _checked_depth(obs[depth_key], rgb.shape[:2], cam, depth_key, record)
         K = camera_K(obs, cam, camera_config, record)
+        if camera_T_key(cam) in obs:
+            _check_T_world_cam(obs[camera_T_key(cam)], cam, camera_T_key(cam), record)
         prepared.append(prepare_view(rgb, depth, K, image_size))
         slots.append(cam)
     state_feats = {  # one frame as features with a leading T = 1
@@ -214,9 +218,10 @@ def observation_inputs(
 def _checked_depth(value: Any, hw: tuple[int, int], cam: str, key: str, record: str) -> np.ndarray:
     """A depth map (H, W) float32 metres of camera `cam`: finite, >= 0, at the image's resolution."""
     depth = np.asarray(value)
-    if depth.dtype.kind not in "fiu":
-        raise DataError(f"depth of camera '{cam}' must be numbers (metres), got dtype {depth.dtype}", record=record,
-                        field=key, fix="pass float32 metres along the optical axis, 0 = invalid")
+    if depth.dtype.kind != "f":
+        raise DataError(f"depth of camera '{cam}' must be float metres, got dtype {depth.dtype} (raw sensor units?)",
+                        record=record, field=key, fix="pass float32 metres along the optical axis, 0 = invalid: "
+                        "multiply raw values by the sensor's depth scale (0.001 for millimetres)")
     depth = depth.astype(np.float32)
     if depth.ndim == 3 and depth.shape[2] == 1:
         depth = depth[..., 0]
@@ -236,7 +241,29 @@ def _checked_depth(value: Any, hw: tuple[int, int], cam: str, key: str, record: 
             f"depth of camera '{cam}' has negative values (min {float(depth.min()):.4g} m)", record=record,
             field=key, fix="pass metres along the optical axis (>= 0; 0 = invalid)",
         )
+    if depth.size and float(depth.max()) > MAX_DEPTH_M:
+        raise DataError(
+            f"depth of camera '{cam}' reaches {float(depth.max()):.4g} m > {MAX_DEPTH_M:g} m: millimetres passed as "
+            "metres?", record=record, field=key,
+            fix="pass metres (divide millimetres by 1000); store far / invalid pixels as 0",
+        )
     return depth
+
+
+def _check_T_world_cam(value: Any, cam: str, key: str, record: str) -> None:
+    """Camera `cam`'s pose (4, 4): finite, a rotation (orthonormal, det +1) and a last row [0, 0, 0, 1]."""
+    T = np.asarray(value, np.float64) if np.asarray(value).dtype.kind in "fiu" else None
+    ok = T is not None and T.shape == (4, 4) and bool(np.isfinite(T).all())
+    if ok:
+        R = T[:3, :3]
+        ok = bool(np.allclose(T[3], [0, 0, 0, 1]) and np.abs(R.T @ R - np.eye(3)).max() < 1e-4
+                  and np.linalg.det(R) > 0)
+    if not ok:
+        raise DataError(
+            f"the pose of camera '{cam}' must be a finite rigid transform (4x4, rotation with det +1, last row "
+            f"[0, 0, 0, 1]), got {np.asarray(value).tolist() if np.asarray(value).size <= 16 else np.shape(value)}",
+            record=record, field=key, fix="pass T_world_cam (camera -> world, OpenCV axes), or leave the key out",
+        )
 
 
 # ----------------------------------------------------------------------------------------------

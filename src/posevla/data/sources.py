@@ -96,7 +96,8 @@ class SourceSpec:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"source {self.label}: {f} must be a positive integer, got {v!r}")
         if self.kind == "lerobot" and self.pseudo_views:
-            raise ConfigError(f"source {self.label}: pseudo views apply to grounding sources, not to 'lerobot'")
+            raise ConfigError(f"source {self.label}: pseudo views apply to grounding sources, not to 'lerobot'; "
+                              "use pseudo_views=None (the default) for robot data")
 
     @property
     def label(self) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from posevla.errors import DataError
 from posevla.eval.report import markdown_table
+from posevla.training.integrity import file_sha256
 from posevla.runtime import package_versions
 
 __all__ = [
@@ -96,18 +97,11 @@ def checkpoint_sha256(path: str | Path) -> str:
         raise DataError("checkpoint not found", file=str(p),
                         fix="pass an existing checkpoint file or directory")
 
-    def file_hash(f: Path) -> str:
-        h = hashlib.sha256()
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
     if p.is_file():
-        return file_hash(p)
+        return file_sha256(p)
     h = hashlib.sha256()
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        h.update(str(f.relative_to(p).as_posix()).encode() + b"\0" + file_hash(f).encode() + b"\n")
+        h.update(str(f.relative_to(p).as_posix()).encode() + b"\0" + file_sha256(f).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -133,7 +133,7 @@ class GroundingPredictor:
         if saved.expert is not None:
             raise CheckpointError(
                 f"{saved.dir} is a post-training checkpoint (VLM + action expert); evaluate 3D grounding on the "
-                "stage-1/2 checkpoint it was post-trained from"
+                "stage-1/2 checkpoint it was post-trained from: pass that run as --checkpoint"
             )
         self.saved = saved
         self.bins = saved.bins

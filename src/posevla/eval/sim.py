@@ -33,6 +33,19 @@ def check_eval_seeds(train_data: str | Path, tasks: tuple[str, ...], seed: int, 
         )
 
 
+def _check_fits(policy: Policy, e: Any, env: str) -> None:
+    """A `ConfigError` when the policy was post-trained for another action space or other cameras than `e` has."""
+    missing = [c for c in policy.cameras if c not in e.cameras]
+    if policy.action_dim != e.action_dim or missing:
+        e.close()
+        raise ConfigError(
+            f"--checkpoint {policy.checkpoint} was post-trained for {policy.action_dim}-d actions "
+            f"({', '.join(policy.action_names)}) seen by cameras {policy.cameras}, but {env} steps {e.action_dim}-d "
+            f"actions and renders cameras {list(e.cameras)}: evaluate a policy post-trained on {env} demos "
+            f"(`posevla metaworld-demos`, then `posevla train posttrain-tiny --data.train-data DEMOS`)"
+        )
+
+
 def evaluate_policy_checkpoint(
     checkpoint: str | Path,
     *,
@@ -70,7 +83,9 @@ def evaluate_policy_checkpoint(
         size = (int(h), int(w))
 
     def make(task: str) -> Any:
-        return make_env(env, task, image_size=size, max_steps=max_steps)
+        e = make_env(env, task, image_size=size, max_steps=max_steps)
+        _check_fits(policy, e, env)
+        return e
 
     return evaluate(
         make, policy, tasks=tasks, episodes_per_task=episodes_per_task, seeds=seed,

@@ -175,7 +175,8 @@ class PoseTextTokenizer:
 
         directory = Path(directory)
         if not directory.is_dir():
-            raise ConfigError(f"tokenizer directory {directory} does not exist")
+            raise ConfigError(f"tokenizer directory {directory} does not exist; pass the folder PoseTextTokenizer.save "
+                              "wrote (a checkpoint's tokenizer/), or restore it from a copy")
         try:
             hf = AutoTokenizer.from_pretrained(str(directory))
         except Exception as exc:  # noqa: BLE001 - re-raised with the directory and a fix
@@ -187,9 +188,15 @@ class PoseTextTokenizer:
         meta = directory / _META_FILE
         pose: list[str] = []
         if meta.exists():
-            m = json.loads(meta.read_text())
-            image_token = m.get("image_token", image_token)
-            pose = list(m.get("pose_tokens", []))
+            try:
+                m = json.loads(meta.read_text())
+                image_token = str(m.get("image_token", image_token))
+                pose = [str(t) for t in m.get("pose_tokens", [])]
+            except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+                raise ConfigError(
+                    f"{meta} is not the tokenizer's pose-token list ({exc}); restore it from a copy, or use another "
+                    "checkpoint (it is written by PoseTextTokenizer.save)"
+                ) from exc
         self = cls(hf, image_token=image_token)
         if pose:
             self.add_pose_tokens(pose)  # already present: only registers them for splitting
@@ -352,7 +359,8 @@ def build_example(
     text = [tokenizer.bos_id] + tokenizer.encode_text(prompt) + tokenizer.encode_text("\n")
     if len(text) > prompt_len:
         raise DataError(
-            f"prompt {prompt!r} takes {len(text)} tokens with <bos> and '\\n' but prompt_len is {prompt_len}",
+            f"prompt {prompt if len(prompt) <= 80 else prompt[:77] + '...'!r} takes {len(text)} tokens with <bos> and "
+            f"'\\n' but prompt_len is {prompt_len}",
             field="prompt",
             fix="shorten the prompt or raise PoseVLMConfig.prompt_len",
         )

@@ -89,19 +89,19 @@ class ExpertDemoConfig:
     def __post_init__(self) -> None:
         tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
         if not tasks:
-            raise ConfigError("ExpertDemoConfig.tasks is empty: name at least one task, e.g. 'reach-v3'")
+            raise ConfigError("--tasks (ExpertDemoConfig.tasks) is empty: name at least one task, e.g. 'reach-v3'")
         object.__setattr__(self, "tasks", tuple(resolve_task(self.env, t) for t in tasks))
         if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"ExpertDemoConfig.tasks has duplicates: {list(self.tasks)}")
-        check_int(self.seed, "ExpertDemoConfig.seed", lo=0, hi=2**32 - 1)
+            raise ConfigError(f"--tasks (ExpertDemoConfig.tasks) has duplicates: {list(self.tasks)}")
+        check_int(self.seed, "--seed (ExpertDemoConfig.seed)", lo=0, hi=2**32 - 1)
         check = getattr(env_module(self.env), "check_options", None)
         if check is not None:  # image size and camera names, before minutes of simulation
             check(image_size=self.image_size, cameras=self.cameras)
-        check_int(self.episodes_per_task, "ExpertDemoConfig.episodes_per_task", lo=1)
-        check_int(self.frames_after_success, "ExpertDemoConfig.frames_after_success", lo=0)
-        check_int(self.max_steps, "ExpertDemoConfig.max_steps", lo=1)
+        check_int(self.episodes_per_task, "--episodes-per-task (ExpertDemoConfig.episodes_per_task)", lo=1)
+        check_int(self.frames_after_success, "--frames-after-success (ExpertDemoConfig.frames_after_success)", lo=0)
+        check_int(self.max_steps, "--max-steps (ExpertDemoConfig.max_steps)", lo=1)
         if self.max_attempts is not None:
-            check_int(self.max_attempts, "ExpertDemoConfig.max_attempts", lo=self.episodes_per_task)
+            check_int(self.max_attempts, "--max-attempts (ExpertDemoConfig.max_attempts)", lo=self.episodes_per_task)
 
     @property
     def attempts_per_task(self) -> int:
@@ -248,7 +248,7 @@ def write_expert_demos(
     if root.exists() and not overwrite and (not root.is_dir() or any(root.iterdir())):
         # fail before minutes of simulation, with the writer's own wording
         raise DataError("the target exists and is not empty", file=str(root),
-                        fix="choose a new folder or pass overwrite=True")
+                        fix="choose a new folder, or pass overwrite=True (--overwrite on the command line)")
     episodes, report = generate_episodes(config, progress=progress)
     if not episodes:
         attempts = sum(v["attempts"] for v in report.per_task.values())

@@ -96,10 +96,10 @@ def image_size_hw(image_size: int | Sequence[int]) -> tuple[int, int]:
     ):
         h, w = int(image_size[0]), int(image_size[1])
     else:
-        raise ConfigError(f"image_size must be an int or (height, width) ints, got {image_size!r}")
+        raise ConfigError(f"image_size (--image-size) must be an int or (height, width) ints, got {image_size!r}")
     if not (_MIN_SIDE <= h <= _MAX_SIDE and _MIN_SIDE <= w <= _MAX_SIDE):
         raise ConfigError(
-            f"image_size {(h, w)} out of range: each side must be in [{_MIN_SIDE}, {_MAX_SIDE}] pixels"
+            f"image_size (--image-size) {(h, w)} out of range: each side must be in [{_MIN_SIDE}, {_MAX_SIDE}] pixels"
         )
     return h, w
 
@@ -197,7 +197,7 @@ class MetaWorldEnv:
                 if src not in available:
                     raise ConfigError(
                         f"camera {name!r} -> {src!r} does not exist in MetaWorld task {self.task_name!r}; "
-                        f"available cameras: {', '.join(available)}"
+                        f"use one of the available cameras: {', '.join(available)}"
                     )
                 self._cam_ids[name] = available.index(src)
             self.turned_cameras = self._turn_upside_down_cameras()

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from posevla.sim.objects import CATALOGUE, category_names, default_cache_dir, load_mesh
-from posevla.errors import DataError
+from posevla.errors import ConfigError, DataError
 from posevla.geometry.boxes import box2d_from_box3d, box_corners
 from posevla.geometry.camera import K_from_fovy
 from posevla.geometry.se3 import opengl_to_opencv_camera
@@ -380,8 +380,14 @@ def generate_dataset(
         raise DataError(f"image size too small: {width}x{height}", field="width/height", fix="use >= 16 pixels")
     t0 = time.perf_counter()
     root = Path(root)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "depth").mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"the dataset folder {root} is a file; pass the path of a new (or existing) folder")
+    try:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "depth").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the dataset folder {root} ({e.strerror}); pass a folder you can write "
+                          "to") from e
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     # process the meshes once in the parent so workers only read the cache
     for spec in CATALOGUE:

@@ -40,6 +40,11 @@ __all__ = ["BinCounts", "BinSpec", "FAMILIES", "EDGE_FAMILIES", "BINSPEC_VERSION
 FAMILIES: tuple[str, ...] = ("loc", "trans_xy", "trans_z", "size", "rot")
 #: Families with fitted (non-uniform) edges.
 EDGE_FAMILIES: tuple[str, ...] = ("trans_xy", "trans_z", "size")
+#: How bins.json lays out each family that is not fitted: (kind, low, high); fitted families are "edges".
+_FAMILY_LAYOUT: dict[str, tuple[str, float, float]] = {
+    "loc": ("uniform_floor", 0.0, 1.0),
+    "rot": ("uniform_round", -math.pi, math.pi),
+}
 #: Version of the JSON layout written by :meth:`BinSpec.save`.
 BINSPEC_VERSION = 1
 
@@ -113,9 +118,9 @@ class BinCounts:
     def __post_init__(self) -> None:
         for fam in FAMILIES:
             n = getattr(self, fam)
-            lo = 2 if fam == "rot" else 1
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < lo:
-                raise ConfigError(f"bin count '{fam}' must be an integer >= {lo}, got {n!r}")
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+                raise ConfigError(f"--bins.{fam.replace('_', '-')} (the token count of the pose family '{fam}') "
+                                  f"must be an integer >= 2, got {n!r}")
             object.__setattr__(self, fam, int(n))
 
     @classmethod
@@ -322,13 +327,13 @@ class BinSpec:
         ``created_with`` and ``fingerprint``."""
         from posevla import __version__
 
-        families: dict[str, Any] = {
-            "loc": {"kind": "uniform_floor", "count": self.n_loc, "low": 0.0, "high": 1.0},
-        }
+        kind, low, high = _FAMILY_LAYOUT["loc"]
+        families: dict[str, Any] = {"loc": {"kind": kind, "count": self.n_loc, "low": low, "high": high}}
         for fam in EDGE_FAMILIES:
             e = getattr(self, f"{fam}_edges")
             families[fam] = {"kind": "edges", "count": int(e.shape[0] - 1), "edges": [float(v) for v in e]}
-        families["rot"] = {"kind": "uniform_round", "count": self.n_rot, "low": -math.pi, "high": math.pi}
+        kind, low, high = _FAMILY_LAYOUT["rot"]
+        families["rot"] = {"kind": kind, "count": self.n_rot, "low": low, "high": high}
         return {
             "version": BINSPEC_VERSION,
             "description": self.description,
@@ -342,7 +347,7 @@ class BinSpec:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_dict(cls, d: Any, *, file: str | None = None) -> BinSpec:
+    def from_dict(cls, d: Any, *, file: str | None = None) -> BinSpec:  # noqa: C901 - one check per field
         """Inverse of :meth:`to_dict`; raises DataError naming the file and field on any problem."""
 
         def bad(msg: str, fld: str | None, fix: str = _FIX_REGENERATE) -> DataError:
@@ -367,6 +372,15 @@ class BinSpec:
             c = fams[fam]["count"]
             if isinstance(c, bool) or not isinstance(c, int) or c < 1:
                 raise bad(f"count must be a positive integer, got {c!r}", f"families.{fam}.count")
+            kind, low, high = _FAMILY_LAYOUT.get(fam, ("edges", None, None))
+            if fams[fam].get("kind", kind) != kind:
+                raise bad(f"family '{fam}' has kind {fams[fam]['kind']!r}; this posevla reads '{fam}' bins of kind "
+                          f"{kind!r}", f"families.{fam}.kind")
+            for key, want in (("low", low), ("high", high)):
+                got = fams[fam].get(key, want)
+                if want is not None and not (isinstance(got, (int, float)) and abs(float(got) - want) < 1e-9):
+                    raise bad(f"family '{fam}' has {key} {got!r}; '{fam}' bins span [{low}, {high}] (they are not "
+                              "fitted, so the range is fixed)", f"families.{fam}.{key}")
         edges = {}
         for fam in EDGE_FAMILIES:
             fld = f"families.{fam}.edges"

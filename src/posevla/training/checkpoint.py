@@ -70,6 +70,10 @@ REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "config.json", "bin
 _CONSUMER_FILES = (*REQUIRED_FILES, "norm_stats.json", "tokenizer")
 
 
+#: The fix of a damaged or inconsistent checkpoint.
+DAMAGED = "restore the checkpoint from a copy, or use another one (an earlier step_* folder of the run)"
+
+
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
@@ -86,6 +90,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved (KeyError / TypeError / ValueError when `state` is something else)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -238,8 +243,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if latest.exists():
             try:
                 name = json.loads(latest.read_text())["dir"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{latest} is unreadable ({e}); delete it and point at a step_* dir") from e
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{latest} is unreadable ({type(e).__name__}: {e}); delete it and pass a step_* "
+                                      "folder of the run") from e
+            if not isinstance(name, str) or not (root / name).is_dir():
+                have = sorted(d.name for d in root.glob("step_*") if (d / "model.safetensors").is_file())
+                raise CheckpointError(f"{latest} points at {name!r}, which is not there; pass one of the step_* "
+                                      f"folders there ({', '.join(have) or 'none'}) or fix {latest.name}")
             return root / name
     if (p / "model.safetensors").exists():
         return p
@@ -260,14 +270,26 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path, *, strict: 
         with safe_open(str(path), "pt") as f:
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
     except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt") from e
+        raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt: {DAMAGED}") from e
     for k, src in aliases.items():
         tensors[k] = tensors[src]
+    own = model.state_dict()
+    shapes = {k: (tuple(own[k].shape), tuple(v.shape)) for k, v in tensors.items()
+              if k in own and own[k].shape != v.shape}
+    if shapes:
+        first = dict(list(shapes.items())[:3])
+        raise CheckpointError(f"{path} holds tensors of other shapes than the model its config.json describes "
+                              f"({len(shapes)} tensor(s); {{name: (model, file)}} = {first}): {DAMAGED}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights in {len(bad)} tensor(s) (first: {bad[0]}): the run "
+                              f"that wrote it had diverged, or the file is corrupt; {DAMAGED}")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if strict and (missing or unexpected):
         raise CheckpointError(
             f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}; "
-            "was it written for another model size? Check config.json in the checkpoint."
+            "was it written for another model size? Check config.json in the checkpoint, or "
+            f"{DAMAGED}"
         )
 
 
@@ -286,10 +308,19 @@ def load_training_state(ckpt_dir: str | Path, optimizer, scheduler) -> dict[str,
             raise CheckpointError(f"{d / name} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
                                   "corrupt: resume from another checkpoint or start a new run") from None
     opt, rng = loaded["optimizer.pt"], loaded["rng.pt"]
-    optimizer.load_state_dict(opt["optimizer"])
-    if scheduler is not None and opt.get("scheduler") is not None:
-        scheduler.load_state_dict(opt["scheduler"])
-    set_rng_state(rng)
+    try:
+        optimizer.load_state_dict(opt["optimizer"])
+        if scheduler is not None and opt.get("scheduler") is not None:
+            scheduler.load_state_dict(opt["scheduler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{d / 'optimizer.pt'} does not hold this model's optimizer state ({type(e).__name__}: "
+                              f"{e}); it comes from another run: resume from another checkpoint or start a new "
+                              "run") from None
+    try:
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{d / 'rng.pt'} does not hold the random generators' state ({type(e).__name__}: {e}); "
+                              "resume from another checkpoint or start a new run") from None
     return _trainer_state(d)
 
 
@@ -359,7 +390,7 @@ class Checkpoint:
         except CheckpointError:
             raise
         except Exception as e:  # safetensors raises its own error types for truncated files
-            raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt") from e
+            raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt: {DAMAGED}") from e
 
     def build_model(self, *, weights: bool = True) -> torch.nn.Module:
         """The saved model (`PoseVLM`, or `PoseVLA` for post-training), rebuilt from the saved ``model`` /
@@ -384,13 +415,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     d = resolve_checkpoint(path)
     missing = [f for f in REQUIRED_FILES if not (d / f).exists()]
     if missing:
-        raise CheckpointError(f"checkpoint {d} is incomplete: missing {', '.join(missing)}; it cannot be used")
+        raise CheckpointError(f"checkpoint {d} is incomplete: missing {', '.join(missing)}; {DAMAGED}")
     verify_manifest(d, _CONSUMER_FILES)
     conf = _read_json(d / "config.json")
     state = _trainer_state(d)
     for key in ("train", "model"):
         if not isinstance(conf.get(key), dict):
-            raise CheckpointError(f"{d / 'config.json'} has no '{key}' section; the checkpoint is incomplete")
+            raise CheckpointError(f"{d / 'config.json'} has no '{key}' section; the checkpoint is incomplete: "
+                                  f"{DAMAGED}")
     try:
         train = TrainConfig.from_dict(conf["train"])
         model = PoseVLMConfig.from_dict(conf["model"])
@@ -404,14 +436,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if (train.objective == "actions") != (expert is not None):
         raise CheckpointError(
             f"{d / 'config.json'}: objective {train.objective!r} but the 'expert' section is "
-            f"{'present' if expert is not None else 'missing'}; the checkpoint is inconsistent"
+            f"{'present' if expert is not None else 'missing'}; the checkpoint is inconsistent: {DAMAGED}"
         )
     check_weights_header(d / "model.safetensors", model, expert)
     data = conf.get("data") or {k: conf[k] for k in ("categories", "sources") if k in conf}
     stats = None
     if expert is not None:
         if "data" not in conf:
-            raise CheckpointError(f"{d / 'config.json'} has no 'data' section; the checkpoint is incomplete")
+            raise CheckpointError(f"{d / 'config.json'} has no 'data' section; the checkpoint is incomplete: {DAMAGED}")
         stats, space = load_norm_stats(d)
         if space != train.action.space:
             raise CheckpointError(
@@ -422,12 +454,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             if key in data and list(data[key]) != list(stats[feature].names):
                 raise CheckpointError(
                     f"{d / NORM_STATS_FILE}: {feature} dims {list(stats[feature].names)} differ from the "
-                    f"training data's {data[key]}; the statistics belong to another run"
+                    f"training data's (config.json data.{key}) {data[key]}; the statistics belong to another run: "
+                    f"{DAMAGED}"
                 )
         if expert.chunk_size != train.action.chunk_size:
             raise CheckpointError(
                 f"{d / 'config.json'}: the expert predicts chunks of {expert.chunk_size} but the action config "
-                f"cuts chunks of {train.action.chunk_size}; the checkpoint is inconsistent"
+                f"cuts chunks of {train.action.chunk_size}; the checkpoint is inconsistent: {DAMAGED}"
             )
     return Checkpoint(
         dir=d,
@@ -446,4 +479,4 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt: {DAMAGED}") from e

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from posevla.data.action_space import ActionConfig
 from posevla.data.sources import SourceSpec
 from posevla.errors import ConfigError, check_float, check_int
+from posevla.runtime import check_device
 from posevla.models.config import EXPERT_CONFIGS, MODEL_CONFIGS, PoseVLMConfig, get_model_config
 from posevla.tokens import BinCounts
 
@@ -189,8 +190,9 @@ class TrainConfig:
                 object.__setattr__(self, name, _build(kind, value, f"train.{name}"))
         if isinstance(self.action, Mapping):
             object.__setattr__(self, "action", ActionConfig.from_dict(self.action))
-        if self.objective == "actions" and self.expert not in EXPERT_CONFIGS:
+        if self.expert not in EXPERT_CONFIGS:
             raise ConfigError(f"--expert {self.expert!r} is unknown; valid sizes: {', '.join(sorted(EXPERT_CONFIGS))}")
+        check_device(self.device)
         check_int(self.steps, "--steps", lo=0)
         check_int(self.batch_size, "--batch-size", lo=1)
         check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
@@ -215,7 +217,8 @@ class TrainConfig:
             ConfigError: an unknown key (named, with the valid ones) or a value the config refuses.
         """
         if not isinstance(d, Mapping):
-            raise ConfigError(f"a train config is a JSON object, got {type(d).__name__}")
+            raise ConfigError(f"a train config is a JSON object, got {type(d).__name__}; pass the dict "
+                              "TrainConfig.to_dict() writes (the 'train' section of a checkpoint's config.json)")
         d = dict(d)
         if _is_flat(d):
             d = _unflatten(d)

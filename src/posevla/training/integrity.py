@@ -21,13 +21,14 @@ from typing import Any
 
 from posevla.errors import CheckpointError
 
-__all__ = ["MANIFEST", "write_manifest", "verify_manifest", "check_weights_header"]
+__all__ = ["MANIFEST", "file_sha256", "write_manifest", "verify_manifest", "check_weights_header"]
 
 MANIFEST = "manifest.json"
 _FORMAT = "posevla.checkpoint_manifest"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -38,7 +39,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(directory: Path) -> Path:
     """Write ``manifest.json`` for every file under `directory` (relative POSIX paths, sizes, SHA-256)."""
     files = {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -77,7 +78,7 @@ def verify_manifest(directory: Path, names: Iterable[str] | None = None) -> bool
         size = f.stat().st_size
         if size != want["size"]:
             raise CheckpointError(f"{f} has {size} bytes, {MANIFEST} says {want['size']}: truncated or replaced. {fix}")
-        if _sha256(f) != want["sha256"]:
+        if file_sha256(f) != want["sha256"]:
             raise CheckpointError(f"{f} does not match its SHA-256 in {MANIFEST}: its content changed. {fix}")
     return True
 
@@ -98,7 +99,8 @@ def check_weights_header(path: Path, model: Any, expert: Any = None) -> None:
         with safe_open(str(path), "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt") from e
+        raise CheckpointError(f"{path} cannot be read ({e}); the checkpoint is corrupt: restore it from a copy, or "
+                              "use another checkpoint (an earlier step_* folder of the run)") from e
     prefix = "vlm." if expert is not None else ""
     embed = shapes.get(f"{prefix}hf.model.language_model.embed_tokens.weight")
     patch = shapes.get(f"{prefix}hf.model.vision_tower.embeddings.patch_embedding.weight")

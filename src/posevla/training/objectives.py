@@ -21,6 +21,7 @@ post-training from a VLM checkpoint, a fresh expert of the run's size); a new ru
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from posevla.data.formats.lerobot import load_lerobot_v3
 from posevla.data.mixture import build_mixture, per_source_metrics
 from posevla.data.normalize import norm_stats_json
 from posevla.data.sources import bins_coverage, check_sources, fit_source_bins, load_source
-from posevla.errors import ConfigError, TrainingError
+from posevla.errors import ConfigError, TrainingError, given_as
 from posevla.models.config import ActionExpertConfig, PoseVLMConfig, check_expert_pairing, get_expert_config
 from posevla.models.factory import build_policy, build_vlm
 from posevla.tokens import BinSpec, PoseCodec
@@ -63,7 +64,9 @@ class Objective:
         """The pose-token bins: the starting checkpoint's, else ``--bins-file``'s, else fitted / uniform."""
         cfg = self.cfg
         if start is not None:
-            if cfg.bins_file is not None and BinSpec.load(cfg.bins_file) != start.bins:
+            with given_as("--bins-file"):
+                given = BinSpec.load(cfg.bins_file) if cfg.bins_file is not None else None
+            if given is not None and given != start.bins:
                 raise TrainingError(
                     f"--bins-file {cfg.bins_file} differs from the bin spec of the checkpoint {start.dir}, whose "
                     "tokens the model was trained with. Drop --bins-file (the checkpoint's bins are used) or "
@@ -71,7 +74,8 @@ class Objective:
                 )
             return start.bins
         if cfg.bins_file is not None:
-            return BinSpec.load(cfg.bins_file)
+            with given_as("--bins-file"):
+                return BinSpec.load(cfg.bins_file)
         return self.new_bins()
 
     def new_bins(self) -> BinSpec:
@@ -191,7 +195,15 @@ class ActionObjective(Objective):
     """Flow matching of normalised action chunks with the VLM + action expert (post-training)."""
 
     def load_data(self) -> None:
-        self.robot = load_lerobot_v3(self.cfg.data.train_data)
+        path = Path(self.cfg.data.train_data)
+        if (path / "dataset.json").is_file() or path.suffix == ".json" or (path / "models").is_dir():
+            raise ConfigError(
+                f"--data.train-data {path} is a 3D grounding dataset (Omni3D / BOP), but post-training (objective "
+                "'actions') reads robot episodes: pass a LeRobot v3 dataset (a folder with meta/info.json, e.g. from "
+                "`posevla metaworld-demos`); grounding data trains stage 1 (`posevla train stage1-tiny`)"
+            )
+        with given_as("--data.train-data"):
+            self.robot = load_lerobot_v3(path)
 
     def new_bins(self) -> BinSpec:
         # Without pose pre-training the pose tokens are never trained: uniform bins only fix the vocabulary.

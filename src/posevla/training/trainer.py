@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from posevla.data.streaming import stream_batches
-from posevla.errors import CheckpointError, TrainingError
+from posevla.errors import CheckpointError, TrainingError, given_as
 from posevla.runtime import autocast_context, pick_device_and_precision
 from posevla.training.checkpoint import (
     Checkpoint,
@@ -87,7 +87,10 @@ def train(
     objective = make_objective(cfg)
     objective.load_data()
     resumed = _resume_checkpoint(out_dir) if resume else None
-    init = load_checkpoint(cfg.init_checkpoint) if resumed is None and cfg.init_checkpoint else None
+    init = None
+    if resumed is None and cfg.init_checkpoint:
+        with given_as("--init-checkpoint"):
+            init = load_checkpoint(cfg.init_checkpoint)
     bins = objective.bins(resumed or init)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -169,7 +172,8 @@ def train(
             discard_checkpoint(pending)
         raise TrainingError(
             f"non-finite loss ({e.loss}) at step {e.step}; stopping before the optimizer step. "
-            + (f"The checkpoint of step {step} before it was not kept. " if pending is not None else "")
+            + (f"The checkpoint of step {step}, whose weights gave this loss, was discarded. " if pending is not None
+               else "")
             + f"{_last_good(last_ckpt)}. Lower --optim.lr, check the data with `posevla doctor`, or use --precision fp32."
         ) from None
     finally:

@@ -431,6 +431,9 @@ def load_bop(
     """
     root = Path(root)
     split_dir = root / split
+    if not root.is_dir():
+        raise DataError("BOP dataset root not found", file=str(root), record="dataset root", field="root",
+                        fix="pass the folder that holds models/models_info.json and the split folders (test, ...)")
     if not split_dir.is_dir():
         raise DataError(f"split folder '{split}' not found (splits here: {bop_splits(root)})", file=str(split_dir),
                         record="dataset root", field="split", fix="pass an existing split, e.g. test or train_pbr")

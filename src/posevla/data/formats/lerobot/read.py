@@ -180,7 +180,8 @@ class LeRobotV3Dataset:
                     f"feature '{key}' has no readable pixels ({kind})",
                     file=str(self.root / "meta" / "info.json"),
                     field=key,
-                    fix="MP4 videos are not decoded: store frames as PNG images (dtype 'image')"
+                    fix="MP4 videos are not decoded: convert the dataset to PNG frames (dtype 'image'; LeRobot: "
+                    "use_videos=False)"
                     if kind == "video"
                     else f"use one of {self.pixel_keys()}",
                 )
@@ -246,7 +247,8 @@ def load_lerobot_v3(
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError("dataset folder not found", file=str(root), fix="check the path")
+        raise DataError("dataset folder not found", file=str(root),
+                        fix="check the path: a LeRobot v3 dataset is a folder with meta/info.json")
     info = _read_info(root / "meta" / "info.json")
     features = info["features"]
     cfg, cfg_f = _read_camera_config(root, camera_config, features)

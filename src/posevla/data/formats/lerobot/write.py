@@ -298,7 +298,7 @@ def write_lerobot_v3(
         raise DataError(
             "the target exists and is not empty",
             file=str(root),
-            fix="choose a new folder or pass overwrite=True",
+            fix="choose a new folder, or pass overwrite=True (--overwrite on the command line)",
         )
     specs = _validate_episodes(episodes, camera_config)
     root.parent.mkdir(parents=True, exist_ok=True)
