@@ -179,7 +179,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     debug_nan_at_step: int | None = None
-    """Testing only: make the loss of this step non-finite, to exercise the divergence guard."""
+    """Testing only: make the loss computed after this many updates non-finite (0 = the first batch), to exercise
+    the divergence guard: the checkpoint of that step is discarded, the one before stays `latest`."""
 
     def __post_init__(self) -> None:
         if self.objective not in ("tokens", "actions"):
