@@ -8,6 +8,7 @@ checks behind the manifest speak (with a manifest, any edited file is named by i
 from __future__ import annotations
 
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -57,8 +58,6 @@ def _write(name: str, data: bytes | str):
 
 def _delete(name: str):
     def edit(d: Path) -> None:
-        import shutil
-
         p = d / name
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -126,8 +125,9 @@ def _load(run: str, *edits, bare: bool = False, how: str = "load"):
     return call
 
 
-def _resume(*edits, bare: bool = False):
-    """Copy the whole token run, damage its latest checkpoint, and resume it for one more step."""
+def _resume(*edits, bare: bool = False, foreign: str | None = None):
+    """Copy the whole token run, damage its latest checkpoint (`foreign`: put the action run's file of that name
+    in its place), and resume it for one more step."""
     def call(ws, tmp):
         import dataclasses
 
@@ -140,21 +140,14 @@ def _resume(*edits, bare: bool = False):
         d = resolve_checkpoint(out)
         if bare:
             (d / "manifest.json").unlink()
+        if foreign is not None:
+            shutil.copy(ws.step_dir(ws.action_run) / foreign, d / foreign)
         for e in edits:
-            e(d, ws) if getattr(e, "needs_ws", False) else e(d)
+            e(d)
         train(dataclasses.replace(get_config("debug"), data=DataConfig(train_data=str(ws.scenes)), out_dir=str(out),
                                   steps=3, save_every=1, progress=False), resume=True)
 
     return call
-
-
-def _optimizer_of_the_action_run(d: Path, ws) -> None:
-    import shutil
-
-    shutil.copy(ws.step_dir(ws.action_run) / "optimizer.pt", d / "optimizer.pt")
-
-
-_optimizer_of_the_action_run.needs_ws = True  # type: ignore[attr-defined]
 
 
 def _at(path: str):
@@ -283,7 +276,7 @@ CASES = [
                                                                                       bare=True)),
     ckpt("resume_optimizer_missing_bare", ("optimizer.pt", "missing"),
          call=_resume(_delete("optimizer.pt"), bare=True)),
-    ckpt("resume_optimizer_of_another_run", ("optimizer.pt",), call=_resume(_optimizer_of_the_action_run, bare=True)),
+    ckpt("resume_optimizer_of_another_run", ("optimizer.pt",), call=_resume(bare=True, foreign="optimizer.pt")),
     ckpt("resume_rng_empty_bare", ("rng.pt",), call=_resume(_write("rng.pt", b""), bare=True)),
     ckpt("resume_rng_not_a_state", ("rng.pt",), call=_resume(
         lambda d: torch.save({"python": 3}, d / "rng.pt"), bare=True)),

@@ -59,27 +59,6 @@ def _camera_file(d):
     return call
 
 
-def _make(factory: str, **kw):
-    """Build ``module:Name(**kw)``."""
-    def call(ws, tmp):
-        import importlib
-
-        mod, name = factory.split(":")
-        getattr(importlib.import_module(mod), name)(**kw)
-
-    return call
-
-
-def _from_dict(factory: str, d):
-    def call(ws, tmp):
-        import importlib
-
-        mod, name = factory.split(":")
-        getattr(importlib.import_module(mod), name).from_dict(d)
-
-    return call
-
-
 def _set_family(fam, key, value):
     def edit(d):
         d["families"][fam][key] = value
@@ -105,36 +84,38 @@ CASES = [
     cfg("train/model_size_unknown", ("--model.size", "giant"), call=_train_dict(model__size="giant")),
     cfg("train/action_unknown_field", ("chunk", "ActionConfig"), call=_train_dict(action__chunk=8)),
     cfg("train/bins_count_text", ("--bins.loc",), call=_train_dict(bins__loc="many")),
-    cfg("train/not_an_object", ("JSON object", "list"), call=api("posevla.training.config:TrainConfig.from_dict", [1, 2])),
+    cfg("train/not_an_object", ("JSON object", "list"),
+        call=api("posevla.training.config:TrainConfig.from_dict", [1, 2])),
     cfg("train/unknown_named_config", ("stage2-tinyy", "stage2-tiny"),
         call=api("posevla.training.configs:get_config", "stage2-tinyy")),
     # -- action, source, model and expert configs --------------------------------------------------------------
     cfg("action/space_unknown", ("--action.space", "cartesian"),
-        call=_make("posevla.data.action_space:ActionConfig", space="cartesian")),
+        call=api("posevla.data.action_space:ActionConfig", space="cartesian")),
     cfg("action/chunk_size_0", "--action.chunk-size",
-        call=_make("posevla.data.action_space:ActionConfig", chunk_size=0)),
-    cfg("action/stride_negative", "--action.stride", call=_make("posevla.data.action_space:ActionConfig", stride=-1)),
-    cfg("action/ee_keys_empty", "--action.ee-keys", call=_make("posevla.data.action_space:ActionConfig", ee_keys=())),
+        call=api("posevla.data.action_space:ActionConfig", chunk_size=0)),
+    cfg("action/stride_negative", "--action.stride", call=api("posevla.data.action_space:ActionConfig", stride=-1)),
+    cfg("action/ee_keys_empty", "--action.ee-keys", call=api("posevla.data.action_space:ActionConfig", ee_keys=())),
     cfg("action/gripper_per_arm", "--action.gripper-keys",
-        call=_make("posevla.data.action_space:ActionConfig", ee_keys=("a", "b"), gripper_keys=("g",))),
-    cfg("action/std_eps_0", "--action.std-eps", call=_make("posevla.data.action_space:ActionConfig", std_eps=0.0)),
+        call=api("posevla.data.action_space:ActionConfig", ee_keys=("a", "b"), gripper_keys=("g",))),
+    cfg("action/std_eps_0", "--action.std-eps", call=api("posevla.data.action_space:ActionConfig", std_eps=0.0)),
     cfg("source/kind_unknown", ("parquet", "valid"),
-        call=_make("posevla.data.sources:SourceSpec", kind="parquet", path="x")),
+        call=api("posevla.data.sources:SourceSpec", kind="parquet", path="x")),
     cfg("source/weight_negative", ("weight", "omni3d:x"),
-        call=_make("posevla.data.sources:SourceSpec", kind="omni3d", path="x", weight=-1.0)),
-    cfg("source/horizon_0", ("horizon",), call=_make("posevla.data.sources:SourceSpec", kind="lerobot", path="x",
+        call=api("posevla.data.sources:SourceSpec", kind="omni3d", path="x", weight=-1.0)),
+    cfg("source/horizon_0", ("horizon",), call=api("posevla.data.sources:SourceSpec", kind="lerobot", path="x",
                                                       horizon=0)),
     cfg("source/pseudo_views_on_robot_data", ("pseudo views", "lerobot"),
-        call=_make("posevla.data.sources:SourceSpec", kind="lerobot", path="x", pseudo_views=True)),
-    cfg("model/unknown_key", ("hidden", "valid"), call=_from_dict("posevla.models.config:PoseVLMConfig",
+        call=api("posevla.data.sources:SourceSpec", kind="lerobot", path="x", pseudo_views=True)),
+    cfg("model/unknown_key", ("hidden", "valid"), call=api("posevla.models.config:PoseVLMConfig.from_dict",
                                                                  {"hidden": 3})),
-    cfg("expert/unknown_key", ("width_mult",), call=_from_dict("posevla.models.config:ActionExpertConfig",
+    cfg("expert/unknown_key", ("width_mult",), call=api("posevla.models.config:ActionExpertConfig.from_dict",
                                                               {"width_mult": 2})),
     cfg("env/unknown", ("libero9", "metaworld"), call=api("posevla.sim:make_env", "libero9", "x")),
-    cfg("demos/no_tasks", "--tasks", call=_make("posevla.sim.demos:ExpertDemoConfig", tasks=())),
-    cfg("demos/cameras_empty", "cameras", call=_make("posevla.sim.demos:ExpertDemoConfig", tasks=("reach-v3",),
+    cfg("demos/no_tasks", "--tasks", call=api("posevla.sim.demos:ExpertDemoConfig", tasks=())),
+    cfg("demos/cameras_empty", "cameras", call=api("posevla.sim.demos:ExpertDemoConfig", tasks=("reach-v3",),
                                                      cameras=())),
-    cfg("demos/camera_unknown", ("nosuchcam", "available cameras"), call=api("posevla.sim:make_env", "metaworld", "reach-v3", cameras=("nosuchcam",))),
+    cfg("demos/camera_unknown", ("nosuchcam", "available cameras"),
+        call=api("posevla.sim:make_env", "metaworld", "reach-v3", cameras=("nosuchcam",))),
     # -- bins.json ----------------------------------------------------------------------------------------------
     cfg("bins/missing_file", ("nope.json", "not found"), call=api("posevla.tokens:BinSpec.load", InCase("nope.json"))),
     cfg("bins/not_json", ("bins.json", "not valid JSON"), call=_bins_file(lambda d: "{\"version\": ")),

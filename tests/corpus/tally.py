@@ -68,9 +68,8 @@ def main() -> None:
         print("| category | cases | " + " | ".join(OUTCOMES) + " |")
         print("|---|---:|" + "---:|" * len(OUTCOMES))
         for cat in cats + ["all"]:
-            row = [sum(v for (k, _), v in counts.items() if cat in (k, "all")) for _ in [0]]
             per = [sum(v for (k, o), v in counts.items() if o == out and cat in (k, "all")) for out in OUTCOMES]
-            print(f"| {cat} | {row[0]} | " + " | ".join(map(str, per)) + " |")
+            print(f"| {cat} | {sum(per)} | " + " | ".join(map(str, per)) + " |")
         if args.messages:
             Path(args.messages).write_text("# Corpus messages\n\n" + "\n".join(lines))
 

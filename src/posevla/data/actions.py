@@ -49,6 +49,7 @@ from posevla.data.grounding import PreparedView, empty_view, prepare_view
 from posevla.data.normalize import NormStats
 from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX, camera_K_key, camera_T_key
 from posevla.errors import DataError
+from posevla.geometry import check_rotation_matrix
 
 
 def compute_norm_stats(
@@ -251,19 +252,15 @@ def _checked_depth(value: Any, hw: tuple[int, int], cam: str, key: str, record: 
 
 
 def _check_T_world_cam(value: Any, cam: str, key: str, record: str) -> None:
-    """Camera `cam`'s pose (4, 4): finite, a rotation (orthonormal, det +1) and a last row [0, 0, 0, 1]."""
-    T = np.asarray(value, np.float64) if np.asarray(value).dtype.kind in "fiu" else None
-    ok = T is not None and T.shape == (4, 4) and bool(np.isfinite(T).all())
-    if ok:
-        R = T[:3, :3]
-        ok = bool(np.allclose(T[3], [0, 0, 0, 1]) and np.abs(R.T @ R - np.eye(3)).max() < 1e-4
-                  and np.linalg.det(R) > 0)
-    if not ok:
+    """Camera `cam`'s pose (4, 4): finite, last row [0, 0, 0, 1], and a rotation (`check_rotation_matrix`)."""
+    T = np.asarray(value)
+    if T.dtype.kind not in "fiu" or T.shape != (4, 4) or not (np.isfinite(T).all() and np.allclose(T[3], [0, 0, 0, 1])):
         raise DataError(
-            f"the pose of camera '{cam}' must be a finite rigid transform (4x4, rotation with det +1, last row "
-            f"[0, 0, 0, 1]), got {np.asarray(value).tolist() if np.asarray(value).size <= 16 else np.shape(value)}",
+            f"the pose of camera '{cam}' must be a finite 4x4 rigid transform with last row [0, 0, 0, 1], got "
+            f"{T.tolist() if T.size <= 16 else T.shape}",
             record=record, field=key, fix="pass T_world_cam (camera -> world, OpenCV axes), or leave the key out",
         )
+    check_rotation_matrix(T[:3, :3], what=key, record=record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,7 +409,8 @@ def collate_actions(
             raise
         keys = "/".join(sorted({getattr(ex, "prompt_key", "task") for ex in examples}))
         raise DataError(e.message.replace("prompt ", "instruction ", 1), record=e.record, field=keys,
-                        fix=f"shorten the instruction passed under '{keys}' (or train with a larger prompt_len)") from None
+                        fix=f"shorten the instruction passed under '{keys}' (or train with a larger prompt_len)"
+                        ) from None
     batch.pop("labels", None)
     if not priors:
         batch["prior_mask"] = torch.zeros_like(batch["prior_mask"])

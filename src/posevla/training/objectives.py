@@ -28,11 +28,12 @@ import torch
 
 from posevla.data.actions import ActionBatches, ActionDataset
 from posevla.data.collate import ExampleSpec
+from posevla.data.doctor import detect_format
 from posevla.data.formats.lerobot import load_lerobot_v3
 from posevla.data.mixture import build_mixture, per_source_metrics
 from posevla.data.normalize import norm_stats_json
 from posevla.data.sources import bins_coverage, check_sources, fit_source_bins, load_source
-from posevla.errors import ConfigError, TrainingError, given_as
+from posevla.errors import ConfigError, DataError, TrainingError, given_as
 from posevla.models.config import ActionExpertConfig, PoseVLMConfig, check_expert_pairing, get_expert_config
 from posevla.models.factory import build_policy, build_vlm
 from posevla.tokens import BinSpec, PoseCodec
@@ -196,9 +197,13 @@ class ActionObjective(Objective):
 
     def load_data(self) -> None:
         path = Path(self.cfg.data.train_data)
-        if (path / "dataset.json").is_file() or path.suffix == ".json" or (path / "models").is_dir():
+        try:
+            kind = detect_format(path)[0]
+        except DataError:  # not a dataset at all: the LeRobot reader below names what is missing
+            kind = "lerobot"
+        if kind != "lerobot":
             raise ConfigError(
-                f"--data.train-data {path} is a 3D grounding dataset (Omni3D / BOP), but post-training (objective "
+                f"--data.train-data {path} is a 3D grounding dataset ({kind}), but post-training (objective "
                 "'actions') reads robot episodes: pass a LeRobot v3 dataset (a folder with meta/info.json, e.g. from "
                 "`posevla metaworld-demos`); grounding data trains stage 1 (`posevla train stage1-tiny`)"
             )

@@ -16,6 +16,7 @@ from posevla.data.formats.lerobot.schema import (
     CAMERAS_JSON,
     CODEBASE_VERSION,
     DATA_PATH,
+    EPISODE_COLUMNS,
     IMAGE_PREFIX,
     _feature_kind,
     _image_hw,
@@ -223,15 +224,6 @@ def _read_tasks(path: Path) -> list[str]:
     return tasks
 
 
-_EPISODE_COLUMNS = (
-    "episode_index",
-    "tasks",
-    "length",
-    "data/chunk_index",
-    "data/file_index",
-    "dataset_from_index",
-    "dataset_to_index",
-)
 
 
 def _read_episodes(root: Path, info: dict[str, Any]) -> dict[str, Any]:
@@ -243,12 +235,12 @@ def _read_episodes(root: Path, info: dict[str, Any]) -> dict[str, Any]:
             file=str(root / "meta" / "episodes"),
             fix="rewrite the dataset",
         )
-    cols: dict[str, list[Any]] = {k: [] for k in _EPISODE_COLUMNS}
+    cols: dict[str, list[Any]] = {k: [] for k in EPISODE_COLUMNS}
     src: list[str] = []
     for f in files:
         t = _read_parquet(f, "episodes metadata")
-        _require_columns(t, _EPISODE_COLUMNS, f)
-        for k in _EPISODE_COLUMNS:
+        _require_columns(t, EPISODE_COLUMNS, f)
+        for k in EPISODE_COLUMNS:
             cols[k].extend(t.column(k).to_pylist() if k == "tasks" else _int_column(t, k, f).tolist())
         src += [str(f)] * t.num_rows
     order = np.argsort(np.asarray(cols["episode_index"], np.int64), kind="stable")

@@ -73,6 +73,10 @@ from posevla.errors import DataError
 CODEBASE_VERSION = "v3.0"
 #: Columns every data file has besides the features (LeRobot's default features).
 INDEX_COLUMNS: tuple[str, ...] = ("index", "episode_index", "frame_index", "timestamp", "task_index")
+#: Columns of meta/episodes/*.parquet that the reader needs (the writer adds the meta file's own chunk / file).
+EPISODE_COLUMNS: tuple[str, ...] = (
+    "episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index", "dataset_to_index",
+)
 #: A depth above this is taken as a unit error (millimetres stored as metres, wrong depth_scale).
 MAX_DEPTH_M = 100.0
 #: Largest allowed |‖q‖ − 1| of a stored end-effector quaternion (float32 data).

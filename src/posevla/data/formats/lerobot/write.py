@@ -26,6 +26,7 @@ from posevla.data.formats.lerobot.schema import (
     DATA_PATH,
     DEPTH_PREFIX,
     EE_POSE_KEY,
+    EPISODE_COLUMNS,
     EPISODES_PATH,
     IMAGE_PATH,
     IMAGE_PREFIX,
@@ -339,17 +340,7 @@ def _write_tree(
     columns: dict[str, list[pa.Array]] = {k: [] for k in (*INDEX_COLUMNS, *specs)}
     ep_rows: dict[str, list[Any]] = {
         k: []
-        for k in (
-            "episode_index",
-            "tasks",
-            "length",
-            "data/chunk_index",
-            "data/file_index",
-            "dataset_from_index",
-            "dataset_to_index",
-            "meta/episodes/chunk_index",
-            "meta/episodes/file_index",
-        )
+        for k in (*EPISODE_COLUMNS, "meta/episodes/chunk_index", "meta/episodes/file_index")
     }
     start = 0
     for e, ep in enumerate(episodes):
