@@ -81,6 +81,9 @@ def test_legacy_checkpoints_load_to_the_numbers_of_the_code_that_wrote_them(tiny
     assert tok.model.text_hidden == 32 and tok.expert is None and "categories" in tok.data
     pred = GroundingPredictor(LEGACY / "tokens", device="cpu", precision="fp32")
     scenes = {s.scene_id: s for s in load_omni3d(tiny_dataset / "dataset.json")}
+    for sc in scenes.values():  # the labels as that code wrote them: box extents along local x, y, z
+        for v in sc.views:
+            v.objects = [dataclasses.replace(o, dimensions=o.dimensions[::-1].copy()) for o in v.objects]
     lf = LabelFilter()
     exs = [build_grounding_example(scenes[sid], cat, image_size=pred.spec.image_size, num_views=pred.spec.num_views,
                                    label_filter=lf) for sid, cat in GOLDEN["tokens_examples"]]

@@ -19,6 +19,7 @@ from posevla.geometry import (
     T_cv_from_gl,
     box2d_from_box3d,
     box_corners,
+    box_extents_xyz,
     check_K,
     check_rotation_matrix,
     compose_T,
@@ -330,15 +331,20 @@ def test_check_K():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_box_corners_order_identity(kind):
-    c, d = np.array([1.0, 2.0, 3.0]), np.array([0.4, 0.6, 0.8])  # w, h, l
+    c, d = np.array([1.0, 2.0, 3.0]), np.array([0.4, 0.6, 0.8])  # Omni3D [W, H, L]
     corners = _np(box_corners(_as(kind, c), _as(kind, d), _as(kind, I3)))
-    expected = c + 0.5 * d * np.array(
-        [[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1], [-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]]
-    )
+    # cubercnn get_cuboid_verts_faces, written out by hand: x = +-L/2, y = +-H/2, z = +-W/2,
+    # v0 = (-L/2, -H/2, -W/2), v1 = (L/2, -H/2, -W/2), v2 = (L/2, H/2, -W/2), v3 = (-L/2, H/2, -W/2), v4-v7 at +W/2
+    L, H, W = 0.8, 0.6, 0.4
+    expected = c + np.array([
+        [-L / 2, -H / 2, -W / 2], [L / 2, -H / 2, -W / 2], [L / 2, H / 2, -W / 2], [-L / 2, H / 2, -W / 2],
+        [-L / 2, -H / 2, W / 2], [L / 2, -H / 2, W / 2], [L / 2, H / 2, W / 2], [-L / 2, H / 2, W / 2],
+    ])
     np.testing.assert_allclose(corners, expected)
     np.testing.assert_array_equal(BOX_CORNER_SIGNS, expected * 0 + np.sign(expected - c))
-    # front face at local z = -l/2, back at +l/2; v0 top-left (x min, y min = up with y down)
-    assert np.all(corners[:4, 2] == 3.0 - 0.4) and np.all(corners[4:, 2] == 3.0 + 0.4)
+    np.testing.assert_array_equal(box_extents_xyz(d), [L, H, W])
+    # v0-v3 at local z = -W/2, v4-v7 at +W/2; v0 top-left (x min, y min = up with y down)
+    assert np.allclose(corners[:4, 2], 3.0 - 0.2) and np.allclose(corners[4:, 2], 3.0 + 0.2)
     assert corners[0, 0] < corners[1, 0] and corners[1, 1] < corners[2, 1] and corners[3, 0] < corners[2, 0]
     # clockwise on screen (x right, y down): positive signed area in image coordinates
     f = corners[:4, :2]
@@ -354,7 +360,7 @@ def test_box_corners_rotation_and_batch():
     assert corners.shape == (5, 8, 3)
     np.testing.assert_allclose(corners.mean(axis=1), c, atol=1e-12)
     local = np.einsum("nji,nkj->nki", R, corners - c[:, None])  # R^T (p - c)
-    np.testing.assert_allclose(local, 0.5 * d[:, None] * BOX_CORNER_SIGNS, atol=1e-12)
+    np.testing.assert_allclose(local, 0.5 * d[:, None, ::-1] * BOX_CORNER_SIGNS, atol=1e-12)  # [L, H, W] on x, y, z
     ct = box_corners(torch.tensor(c), torch.tensor(d), torch.tensor(R))
     np.testing.assert_allclose(ct.numpy(), corners)
 
@@ -428,10 +434,10 @@ def test_iou3d_symmetry_and_monte_carlo():
     assert 0.05 < iou < 0.95
     # Monte-Carlo: sample uniformly in box 1, count hits in box 2.
     n = 400_000
-    local1 = (rng.uniform(-0.5, 0.5, (n, 3)) * d1)
+    local1 = (rng.uniform(-0.5, 0.5, (n, 3)) * d1[::-1])  # extents [L, H, W] along local x, y, z
     p = local1 @ R1.T + c1
     local2 = (p - c2) @ R2
-    frac = np.mean(np.all(np.abs(local2) <= d2 / 2, axis=1))
+    frac = np.mean(np.all(np.abs(local2) <= d2[::-1] / 2, axis=1))
     inter = frac * np.prod(d1)
     mc = inter / (np.prod(d1) + np.prod(d2) - inter)
     assert iou == pytest.approx(mc, abs=0.01)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from posevla.data.formats.bop import load_bop
-from posevla.data.formats.omni3d import DEPTH_SCALES, load_depth, load_omni3d, load_rgb, source_depth_scale
+from posevla.data.formats.depth_encoding import SOURCE_DEPTH_ENCODINGS, decode_depth, source_depth_encoding
+from posevla.data.formats.omni3d import load_depth, load_omni3d, load_rgb
 from posevla.data.grounding import LabelFilter, build_grounding_example, scene_categories
 from posevla.data.views import BOP_CROPS, DEFAULT_CROPS, PseudoViewConfig, crop_view, pseudo_multiview_scenes, pseudo_views
 from posevla.errors import DataError
@@ -126,9 +127,9 @@ def test_label_filter_min_box_area(view):
 
 
 def test_omni3d_source_depth_conventions(tmp_path):
-    assert source_depth_scale("SUN RGB-D") == source_depth_scale("sunrgbd") == 1e-4
-    assert source_depth_scale("Hypersim") is None
-    assert source_depth_scale("ARKit_Scenes") == 1e-3 == DEPTH_SCALES["ARKitScenes"]
+    assert source_depth_encoding("SUN RGB-D") == source_depth_encoding("sunrgbd") == "sunrgbd-toolbox"
+    assert source_depth_encoding("Hypersim") is None
+    assert source_depth_encoding("ARKit_Scenes") == "mm" == SOURCE_DEPTH_ENCODINGS["ARKitScenes"]
     from PIL import Image
 
     Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
@@ -141,11 +142,28 @@ def test_omni3d_source_depth_conventions(tmp_path):
         (tmp_path / "x.json").write_text(json.dumps(d))
         return load_omni3d(tmp_path / "x.json", check_files=False)[0].views[0]
 
-    assert write({"source": "SUNRGBD"}).depth_scale == 1e-4
-    assert write({"name": "ARKitScenes Train"}).depth_scale == 1e-3
-    v = write({}, fp="ARKitScenes/a.png")
-    assert v.depth_scale == 1e-3
-    assert write({"source": "SUNRGBD", "depth_scale": 2e-4}).depth_scale == 2e-4
-    assert write({"source": "Objectron"}).depth_scale is None
+    assert write({"source": "SUNRGBD"}).depth_encoding == "sunrgbd-toolbox"
+    assert write({"name": "ARKitScenes Train"}).depth_encoding == "mm"
+    assert write([{"name": "ARKitScenes Train"}]).depth_encoding == "mm"  # info as a list (cubercnn accepts it)
+    assert write({}, fp="ARKitScenes/a.png").depth_encoding == "mm"
+    v = write({"source": "SUNRGBD", "depth_scale": 2e-4})
+    assert (v.depth_encoding, v.depth_scale) == ("linear", 2e-4)
+    assert write({"source": "SUNRGBD", "depth_encoding": "mm"}).depth_encoding == "mm"
+    assert write({"source": "Objectron"}).depth_encoding == "linear"
     v = dataclasses.replace(write({"source": "KITTI"}), image_path=tmp_path / "a.png")
     np.testing.assert_allclose(load_depth(v), 1000 / 256)
+
+
+def test_sunrgbd_toolbox_depth_encoding():
+    """SUN RGB-D's release stores millimetres rotated right by 3 bits (read3dPoints.m); values derived by hand."""
+    # the file stores mm rotated LEFT by 3 bits within 16 bits:
+    # 2.5 m = 2500 mm -> 2500 << 3 = 20000 (no bit wraps round)
+    # 8.2 m = 8200 mm = 0b0010_0000_0000_1000 -> (8200 << 3) & 0xFFFF = 64, plus the wrapped top bit 8200 >> 13 = 1
+    raw = np.array([[0, 20000, 65]], np.uint16)
+    np.testing.assert_allclose(decode_depth(raw, "sunrgbd-toolbox"), [[0.0, 2.5, 8.2]], atol=1e-6)
+    # the same file read as 1e-4 m units comes out 20 % short (the mistake this encoding prevents)
+    assert decode_depth(raw, "0.1mm")[0, 1] == np.float32(2.0)
+    np.testing.assert_allclose(decode_depth(raw, "mm"), raw * 1e-3, rtol=1e-6)
+    np.testing.assert_allclose(decode_depth(raw, "linear", 2e-4), raw * 2e-4, rtol=1e-6)
+    with pytest.raises(ValueError, match="valid: sunrgbd-toolbox"):
+        decode_depth(raw, "metres")

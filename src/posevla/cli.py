@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from posevla.data.formats.depth_encoding import DEPTH_ENCODINGS
 from posevla.errors import check_int, given_as
 from posevla.runtime import check_device
 from posevla.sim import ENVS, REPLAN_EVERY
@@ -36,6 +37,7 @@ from posevla.tokens import BinCounts
 MAX_SCENES = 10_000_000
 #: The simulators of the env registry, as a CLI choice.
 EnvName = Literal[tuple(ENVS)]  # type: ignore[valid-type]
+DepthEncoding = Literal[tuple(DEPTH_ENCODINGS)]  # type: ignore[valid-type]
 
 
 def _demo(argv: list[str]) -> None:
@@ -125,6 +127,10 @@ class EvalGroundingArgs:
     batch_size: int = 16
     max_scenes: int | None = None
     device: str = "auto"
+    image_root: str | None = None
+    """Omni3D: the folder the json's file_path s start from (the official layout's `datasets/`)."""
+    depth_encoding: DepthEncoding | None = None
+    """Omni3D: how depth PNGs encode metres (default: the source's own, e.g. SUN RGB-D's toolbox encoding)."""
 
     def __post_init__(self) -> None:
         check_int(self.batch_size, "--batch-size", lo=1, hi=4096)
@@ -201,7 +207,7 @@ def _eval(argv: list[str]) -> None:
     a = tyro.cli(EvalGroundingArgs, args=argv[1:], prog="posevla eval grounding")
     res = evaluate_checkpoint(
         a.checkpoint, a.data, train_data=a.train_data, out_dir=a.out, batch_size=a.batch_size,
-        max_scenes=a.max_scenes, device=a.device,
+        max_scenes=a.max_scenes, device=a.device, image_root=a.image_root, depth_encoding=a.depth_encoding,
     )
     keys = ("ap3d", "ap15", "ap25", "rot_err_deg", "trans_err_cm", "acc_5deg_5cm")
     rows = [{"predictor": n, **{k: res[n][k] for k in keys}} for n in ("model", "model_given_2d", "baseline") if n in res]
@@ -218,6 +224,10 @@ class TokensReportArgs:
     """bins.json (from a checkpoint or a run directory)."""
     data: str
     """Dataset whose labels are quantised."""
+    image_root: str | None = None
+    """Omni3D: the folder the json's file_path s start from (the official layout's `datasets/`)."""
+    depth_encoding: DepthEncoding | None = None
+    """Omni3D: how depth PNGs encode metres (default: the source's own, e.g. SUN RGB-D's toolbox encoding)."""
 
 
 def _tokens(argv: list[str]) -> None:
@@ -234,7 +244,7 @@ def _tokens(argv: list[str]) -> None:
     with given_as("--bins"):
         bins = BinSpec.load(a.bins)
     with given_as("--data"):
-        labels = collect_labels(load_omni3d(data))
+        labels = collect_labels(load_omni3d(data, image_root=a.image_root, depth_encoding=a.depth_encoding))
     rep = quantization_report(
         bins, trans_xy=labels["trans_xy"], trans_z=labels["trans_z"], size=labels["size"], rot=labels["rot"]
     )
@@ -250,6 +260,10 @@ class FitBinsArgs:
     out: str = "bins.json"
     bins: BinCounts = BinCounts()
     """Token counts of the pose families (default: the paper's)."""
+    image_root: str | None = None
+    """Omni3D datasets in --data: the folder the json's file_path s start from (the official layout's `datasets/`)."""
+    depth_encoding: DepthEncoding | None = None
+    """Omni3D: how depth PNGs encode metres (default: the source's own, e.g. SUN RGB-D's toolbox encoding)."""
 
 
 def _fit_bins(argv: list[str]) -> None:
@@ -259,7 +273,10 @@ def _fit_bins(argv: list[str]) -> None:
 
     a = tyro.cli(FitBinsArgs, args=argv, prog="posevla fit-bins")
     sources = list(get_config(a.config).data.token_sources()) if a.config else []
-    sources += [SourceSpec(detect_source_kind(p), p) for p in a.data]
+    for p in a.data:
+        kind = detect_source_kind(p)
+        extra = dict(image_root=a.image_root, depth_encoding=a.depth_encoding) if kind == "omni3d" else {}
+        sources.append(SourceSpec(kind, p, **extra))
     if not sources:
         raise ConfigError("fit-bins needs --data DATASET [DATASET ...] or --config NAME")
     bins = fit_source_bins([load_source(s) for s in sources], a.bins)
@@ -277,6 +294,10 @@ class DoctorArgs:
     """BOP obj_id -> name JSON (default: <root>/category_names.json or a built-in map)."""
     max_views: int = 2000
     max_depth_images: int = 16
+    image_root: str | None = None
+    """Omni3D: the folder the json's file_path s start from (the official layout's `datasets/`)."""
+    depth_encoding: DepthEncoding | None = None
+    """Omni3D: how depth PNGs encode metres (default: the source's own, e.g. SUN RGB-D's toolbox encoding)."""
 
     def __post_init__(self) -> None:
         check_int(self.max_views, "--max-views", lo=1)
@@ -288,7 +309,7 @@ def _doctor(argv: list[str]) -> None:
 
     a = tyro.cli(DoctorArgs, args=argv, prog="posevla doctor")
     rep = run_doctor(a.path, bins=a.bins, category_names=a.categories, max_views=a.max_views,
-                     max_depth_images=a.max_depth_images)
+                     max_depth_images=a.max_depth_images, image_root=a.image_root, depth_encoding=a.depth_encoding)
     print(rep.table())
     if rep.errors:
         raise SystemExit(1)

@@ -55,6 +55,14 @@ def _pop(get, key):
     return lambda d: get(d).pop(key) and None
 
 
+def _no_2d_box_behind_camera(d) -> None:
+    """No stored 2D box, and a 3D box wholly behind the camera (so none can be computed)."""
+    a = _ann(d)
+    for k in ("bbox2D_proj", "bbox2D_trunc", "bbox2D_tight", "bbox3D_cam"):
+        a.pop(k, None)
+    a["center_cam"] = [0.0, 0.0, -5.0]
+
+
 def _files(fn):
     """``load_omni3d`` after ``fn(root)`` on the dataset's files."""
     def call(ws, tmp):
@@ -142,6 +150,7 @@ CASES = [
     omni("images_not_a_list", (DS, "field 'images'"), call=_json(lambda d: d.update(images={"0": 1}))),
     omni("annotations_not_a_list", (DS, "field 'annotations'"), call=_json(lambda d: d.update(annotations="none"))),
     omni("info_not_an_object", (DS, "field 'info'"), call=_json(lambda d: d.update(info=[1]))),
+    omni("info_a_number", (DS, "field 'info'"), call=_json(lambda d: d.update(info=3))),
     omni("depth_scale_negative", (DS, "depth_scale"), call=_json(lambda d: d["info"].update(depth_scale=-1e-4))),
     omni("depth_scale_text", (DS, "depth_scale"), call=_json(lambda d: d["info"].update(depth_scale="0.1mm"))),
     # -- image records ---------------------------------------------------------------------------------------------
@@ -177,7 +186,13 @@ CASES = [
     omni("R_2x3", (DS, "field 'R_cam'"), call=_json(_set(_ann, "R_cam", lambda R: R[:2]))),
     omni("dims_zero", (DS, "field 'dimensions'"), call=_json(lambda d: _ann(d)["dimensions"].__setitem__(2, 0.0))),
     omni("dims_negative", (DS, "field 'dimensions'"), call=_json(lambda d: _ann(d)["dimensions"].__setitem__(0, -0.1))),
-    omni("bbox_missing", (DS, "field 'bbox2D_proj'"), call=_json(_pop(_ann, "bbox2D_proj"))),
+    omni("bbox_missing_box_behind", (DS, "field 'bbox2D_trunc'"), call=_json(_no_2d_box_behind_camera)),
+    omni("bbox3d_dims_swapped", (DS, "field 'bbox3D_cam'"),
+         call=_json(_set(_ann, "dimensions", lambda x: [x[0] * 2, x[1], x[2]]))),
+    omni("bbox3d_wrong_shape", (DS, "field 'bbox3D_cam'"), call=_json(_set(_ann, "bbox3D_cam", [[0, 0, 1]] * 7))),
+    omni("behind_camera_not_bool", (DS, "field 'behind_camera'"), call=_json(_set(_ann, "behind_camera", "no"))),
+    omni("depth_encoding_unknown", (DS, "depth_encoding"),
+         call=_json(lambda d: d["info"].update(depth_encoding="metres"))),
     omni("bbox_nan", (DS, "field 'bbox2D_proj'"),
          call=_json(lambda d: _ann(d)["bbox2D_proj"].__setitem__(0, float("nan")))),
     omni("bbox_corners_swapped", (DS, "field 'bbox2D_proj'"),

@@ -41,7 +41,7 @@ import numpy as np
 
 from posevla.data.doctor_checks import Collector, Finding, check_raw_omni3d, check_scenes, scene_kind
 from posevla.data.formats.lerobot import load_lerobot_v3
-from posevla.data.formats.omni3d import Object3D, Scene, View, dataset_source, load_omni3d
+from posevla.data.formats.omni3d import Object3D, Scene, View, dataset_info, dataset_source, load_omni3d, omni3d_jsons
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 
@@ -134,21 +134,27 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
 
 
 
-def _doctor_omni3d(col: Collector, json_path: Path, kw: dict, stats: dict) -> None:
+def _stored_omni3d_box(v: View, o: Object3D) -> tuple[np.ndarray, str]:
+    """The stored 2D box the projection is compared with: ``bbox2D_proj`` (unclipped) where stored."""
+    if o.bbox2d_proj is not None:
+        return np.asarray(o.bbox2d_proj, np.float64), "unclipped"
+    return np.asarray(o.bbox2d, np.float64), "proj"
+
+
+def _doctor_omni3d(col: Collector, json_path: Path, kw: dict, stats: dict, read_kw: dict) -> None:
     check_raw_omni3d(col, json_path)
     try:
-        scenes = load_omni3d(json_path)
+        scenes = load_omni3d(json_path, check_corners=False, **read_kw)  # corners: a raw check
     except DataError as e:
         if not col.has(e.record, e.field):
             col.from_error("read", e)
         return
     try:
         raw = json.loads(json_path.read_text(encoding="utf-8"))
-        kind = scene_kind(dataset_source(raw.get("info") or {}, raw.get("images") or []))
+        kind = scene_kind(dataset_source(dataset_info(raw), raw.get("images") or []))
     except (OSError, ValueError, AttributeError):
         kind = "outdoor"
-    check_scenes(col, scenes, str(json_path), stored_boxes=lambda v, o: (np.asarray(o.bbox2d, np.float64), "proj"),
-                  stats=stats, kind=kind, **kw)
+    check_scenes(col, scenes, str(json_path), stored_boxes=_stored_omni3d_box, stats=stats, kind=kind, **kw)
 
 
 def _doctor_bop(col: Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
@@ -202,6 +208,8 @@ def run_doctor(
     label_filter: LabelFilter | None = None,
     max_views: int = 2000,
     max_depth_images: int = 16,
+    image_root: str | os.PathLike | None = None,
+    depth_encoding: str | None = None,
 ) -> DoctorReport:
     """Check a dataset and return the findings (never raises for bad data; see the module docstring).
 
@@ -212,9 +220,23 @@ def run_doctor(
         label_filter: the filter whose survivors are counted (default :class:`LabelFilter`).
         max_views: views sampled for the 2D-box agreement checks.
         max_depth_images: views whose RGB and depth are read for the pixel checks.
+        image_root: Omni3D: the folder ``file_path`` s start from (``datasets/`` of the official layout).
+        depth_encoding: Omni3D: how the depth PNGs encode metres (default: the source's own).
+
+    A folder of several Omni3D jsons (``datasets/Omni3D/``) is checked json by json into one report.
     """
     col = Collector()
     stats: dict[str, Any] = {}
+    read_kw: dict[str, Any] = dict(image_root=image_root, depth_encoding=depth_encoding)
+    jsons = omni3d_jsons(path) if not (Path(path) / "dataset.json").is_file() else []
+    if len(jsons) > 1:
+        kw = dict(bins=None if bins is None else str(bins), label_filter=label_filter or LabelFilter(),
+                  max_views=max_views, max_depth_images=max_depth_images)
+        for j in jsons:
+            part: dict[str, Any] = {}
+            _doctor_omni3d(col, j, kw, part, read_kw)
+            stats[j.stem + ":"] = "(" + ", ".join(f"{k} {v}" for k, v in part.items()) + ")"
+        return DoctorReport(str(path), "omni3d", col.finish(), stats)
     try:
         fmt, p = detect_format(path)
     except DataError as e:
@@ -223,7 +245,7 @@ def run_doctor(
     kw = dict(bins=None if bins is None else str(bins), label_filter=label_filter or LabelFilter(),
               max_views=max_views, max_depth_images=max_depth_images)
     if fmt == "omni3d":
-        _doctor_omni3d(col, p, kw, stats)
+        _doctor_omni3d(col, p, kw, stats, read_kw)
     elif fmt == "bop":
         _doctor_bop(col, p, kw, stats, category_names)
     else:

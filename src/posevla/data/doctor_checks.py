@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth, load_rgb
+from posevla.data.formats.omni3d import Object3D, Scene, View, check_bbox3d, load_depth, load_rgb
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 from posevla.geometry import (
     box2d_from_box3d,
     box_corners,
+    box_extents_xyz,
     check_K,
     check_rotation_matrix,
     quat_wxyz_to_matrix,
@@ -60,6 +61,9 @@ class Collector:
 
     def add(self, severity: str, check: str, finding: str, fix: str, *, file: Any = None, record: Any = None,
             field: str | None = None) -> None:
+        rec = None if record is None else str(record)
+        if rec is not None and any(f.check == check and f.record == rec and f.field == field for f in self.findings):
+            return  # the same problem of the same record, found by the raw and the parsed checks: list it once
         key = (check, severity)
         self._count[key] += 1
         if self._count[key] <= _MAX_PER_CHECK:
@@ -123,6 +127,22 @@ def _check_quaternion(col: Collector, a: dict, R: np.ndarray | None, file: str, 
                         "store one rotation: the quaternion (wxyz) of R_cam", file=file, record=rec, field=key)
 
 
+def _check_corners(col: Collector, a: dict, R: np.ndarray | None, file: str, rec: str) -> None:
+    """``bbox3D_cam`` against the corners of the box (Omni3D's axes and order): the reader's check, collected."""
+    if R is None or a.get("bbox3D_cam") is None:
+        return
+    try:
+        center = np.asarray(a["center_cam"], np.float64)
+        dims = np.asarray(a["dimensions"], np.float64)
+        if center.shape != (3,) or dims.shape != (3,):
+            return
+        check_bbox3d(file, a, center, dims, R, rec)
+    except DataError as e:
+        col.from_error("box corners", e)
+    except (KeyError, TypeError, ValueError):
+        return  # the reader names a missing or malformed field
+
+
 def check_raw_omni3d(col: Collector, json_path: Path) -> None:
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
@@ -151,6 +171,8 @@ def check_raw_omni3d(col: Collector, json_path: Path) -> None:
     for j, a in enumerate(data.get("annotations") or []):
         if not isinstance(a, dict):
             continue
+        if a.get("behind_camera") is True or a.get("valid3D") is False:
+            continue  # skipped by the reader: Omni3D stores placeholder poses there
         rec = f"annotation id {a['id']}" if "id" in a else f"annotations[{j}]"
         R = None
         if "R_cam" in a:
@@ -163,11 +185,14 @@ def check_raw_omni3d(col: Collector, json_path: Path) -> None:
             except (TypeError, ValueError):
                 R = None
         _check_quaternion(col, a, R, file, rec)
+        _check_corners(col, a, R, file, rec)
         for key in ("visibility", "truncation"):
             v = a.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not (0 <= v <= 1):
+            known = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v != -1
+            if known and not (0 <= v <= 1):
                 col.add("error", "label ranges", f"{key} = {v:g} is outside [0, 1]",
-                        f"store {key} as a fraction in [0, 1]", file=file, record=rec, field=key)
+                        f"store {key} as a fraction in [0, 1], or -1 where it is unknown", file=file, record=rec,
+                        field=key)
 
 
 def _k_plausibility(col: Collector, K: np.ndarray, w: int, h: int, file: str | None, rec: str) -> None:
@@ -199,8 +224,8 @@ def _subsample(items: list, n: int) -> list:
 
 def _rec(v: View, o: Object3D | None = None) -> str:
     if o is not None and o.annotation_id is not None:
-        return f"annotation {o.annotation_id}"
-    return f"image {v.image_id}"
+        return f"annotation id {o.annotation_id}"  # the reader's and the raw checks' naming
+    return f"image id {v.image_id}"
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -232,18 +257,19 @@ def _check_2d(col: Collector, items: list[tuple[View, Object3D, np.ndarray, str]
     """Stored 2D boxes vs the projected 3D boxes: image orientation and camera-frame convention.
 
     items: (view, object, stored box x1 y1 x2 y2, kind) with kind ``proj`` (the stored box claims to
-    be the projected 3D box: IoU) or ``tight`` (an object silhouette box: contained in the projection).
+    be the projected 3D box clipped to the image: IoU), ``unclipped`` (the projection not clipped, Omni3D's
+    ``bbox2D_proj``: IoU with that) or ``tight`` (an object silhouette box: contained in the projection).
     """
     scores: dict[str, list[float]] = defaultdict(list)
     centre_in: list[bool] = []
     for v, o, stored, kind in items:
         corners = box_corners(np.asarray(o.center_cam), np.asarray(o.dimensions), np.asarray(o.R_cam))
-        proj, trunc = box2d_from_box3d(v.K, corners, v.width, v.height)
+        proj, trunc = box2d_from_box3d(v.K, corners, v.width, v.height, clip=kind != "unclipped")
         if not np.all(np.isfinite(proj)) or float(trunc) > 0.3 or o.center_cam[2] <= 0:
             continue
         for name, fn in _FLIPS.items():
             s = fn(np.asarray(stored, np.float64), v.width, v.height)
-            scores[name].append(_box_iou(proj, s) if kind == "proj" else _contained(s, proj))
+            scores[name].append(_contained(s, proj) if kind == "tight" else _box_iou(proj, s))
         c = v.K @ np.asarray(o.center_cam)
         u, w_ = c[0] / c[2], c[1] / c[2]
         b = np.asarray(stored, np.float64)
@@ -252,7 +278,7 @@ def _check_2d(col: Collector, items: list[tuple[View, Object3D, np.ndarray, str]
         return
     thresh = 0.7  # share of objects that must agree
     kinds = {kind for *_, kind in items}
-    agree = 0.5 if kinds == {"proj"} else 0.8  # IoU for projected boxes, containment for silhouettes
+    agree = 0.8 if "tight" in kinds else 0.5  # IoU for projected boxes, containment for silhouettes
     good = {k: float(np.mean(np.asarray(s) >= agree)) for k, s in scores.items()}
     best = max(good, key=good.get)
     n = len(scores["identity"])
@@ -290,6 +316,33 @@ PLAUSIBLE = {"tabletop": (10.0, 3.0), "indoor": (30.0, 15.0), "outdoor": (300.0,
 #: Omni3D sources by kind of scene (case and ``-_ `` ignored); an unknown source gets the outdoor bounds.
 SCENE_KINDS = {"sunrgbd": "indoor", "arkitscenes": "indoor", "hypersim": "indoor", "objectron": "indoor",
                "kitti": "outdoor", "nuscenes": "outdoor", "posevlatabletop": "tabletop"}
+
+
+#: Largest factor between the depth image at an object's projected centre and the labelled box along that
+#: ray (median over objects): a 20 % scale error (SUN RGB-D read as 1e-4 m units) is 1.25x.
+DEPTH_RATIO_TOL = 1.1
+
+
+def _depth_ratio(d: float, o: Object3D) -> float:
+    """``d`` over the nearest depth at which the ray through the object's centre is inside its 3D box.
+
+    The visible surface on that ray lies between where the ray enters and leaves the box, so a right
+    depth scale gives 1 (within a small slack for label noise); a wrong one gives its factor.
+    """
+    c = np.asarray(o.center_cam, np.float64)
+    ray = c / c[2]  # (3,) point at depth t is t * ray
+    R = np.asarray(o.R_cam, np.float64)
+    half = 0.5 * np.asarray(box_extents_xyz(np.asarray(o.dimensions, np.float64)))  # local x, y, z
+    p0, dr = R.T @ (-c), R.T @ ray  # ray in the box frame: p0 + t * dr
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (-half - p0) / dr, (half - p0) / dr
+    t_in = float(np.nanmax(np.minimum(t1, t2)))
+    t_out = float(np.nanmin(np.maximum(t1, t2)))
+    if not (np.isfinite(t_in) and np.isfinite(t_out)) or t_out < t_in:
+        return d / float(c[2])
+    slack = 0.01 + 0.02 * float(c[2])
+    near, far = max(t_in - slack, 1e-6), t_out + slack
+    return d / near if d < near else d / far if d > far else 1.0
 
 
 def scene_kind(source: str | None) -> str:
@@ -345,13 +398,14 @@ def check_scenes(col: Collector, scenes: Sequence[Scene], file: str | None, *, b
     elif med_dim < 0.003:
         col.add("warning", "units", f"median box dimension is {med_dim:.3g} m (smaller than 3 mm)",
                 "check the units of the dimensions (metres)", file=file, field="dimensions")
-    if med_dist > 50:
-        col.add("error", "units", f"median object distance is {med_dist:.4g}: millimetres, not metres",
+    far = PLAUSIBLE[kind][0]  # outdoor objects at 40-80 m are not a millimetre error
+    if med_dist > far:
+        col.add("error", "units", f"median object distance is {med_dist:.4g}: millimetres, not metres "
+                f"(farther than the {far:g} m plausible for {kind} scenes)",
                 "divide translations by 1000 (the contract is metres)", file=file, field="center_cam")
-    elif float(np.median(centers[:, 2])) > 20:
-        col.add("warning", "units", f"median object depth is {np.median(centers[:, 2]):.3g} m",
-                "check the units of the translations (metres) unless this is outdoor data", file=file,
-                field="center_cam")
+    elif kind != "outdoor" and float(np.median(centers[:, 2])) > 20:
+        col.add("warning", "units", f"median object depth is {np.median(centers[:, 2]):.3g} m in {kind} scenes",
+                "check the units of the translations (metres)", file=file, field="center_cam")
     _check_plausible(col, objs, kind, file)
     stats["scene_kind"] = kind
     # constant labels
@@ -368,9 +422,10 @@ def check_scenes(col: Collector, scenes: Sequence[Scene], file: str | None, *, b
     for v, o in objs:
         for key in ("visibility", "truncation"):
             val = float(getattr(o, key))
-            if not (0.0 <= val <= 1.0) and not col.has(_rec(v, o), key):
+            if not (0.0 <= val <= 1.0) and val != -1.0:
                 col.add("error", "label ranges", f"{key} = {val:g} is outside [0, 1]",
-                        f"store {key} as a fraction in [0, 1]", file=file, record=_rec(v, o), field=key)
+                        f"store {key} as a fraction in [0, 1], or -1 where it is unknown", file=file,
+                        record=_rec(v, o), field=key)
     kept = sum(label_filter.keep(o, v.K, v.width, v.height) for v, o in objs)
     stats["objects_kept"] = int(kept)
     if kept == 0:
@@ -422,22 +477,25 @@ def check_scenes(col: Collector, scenes: Sequence[Scene], file: str | None, *, b
             if 1 <= u < v.width - 1 and 1 <= w_ < v.height - 1:
                 patch = d[w_ - 1 : w_ + 2, u - 1 : u + 2]
                 if (patch > 0).any():
-                    ratios.append(float(np.median(patch[patch > 0])) / z)
+                    ratios.append(_depth_ratio(float(np.median(patch[patch > 0])), o))
     if medians:
         med = float(np.median(medians))
         stats["median_depth_m"] = round(med, 3)
-        if not (0.05 <= med <= 20.0):
-            col.add("error", "depth scale", f"median valid depth is {med:.4g} m (expected 0.05-20 m)",
+        lo, hi = (0.05, 120.0) if kind == "outdoor" else (0.05, 20.0)
+        if not (lo <= med <= hi):
+            col.add("error", "depth scale", f"median valid depth is {med:.4g} m (expected {lo:g}-{hi:g} m)",
                     "fix the depth scale (metres per PNG unit): e.g. SUN RGB-D 1e-4, ARKitScenes 1e-3, BOP "
                     "depth_scale is millimetres per unit", file=file, field="depth_scale")
     if len(ratios) >= 3:
         r = float(np.median(ratios))
         stats["depth_over_label_z"] = round(r, 3)
-        if not (0.6 <= r <= 1.4):
+        if not (1 / DEPTH_RATIO_TOL <= r <= DEPTH_RATIO_TOL):
             col.add("error", "depth scale",
-                    f"depth at projected object centres is {r:.3g}x the labelled z (median of {len(ratios)})",
-                    f"the depth scale disagrees with the 3D labels: multiply the depth scale by {1 / r:.3g} (or fix "
-                    "the label units)", file=file, field="depth_scale")
+                    f"depth at projected object centres is {r:.3g}x the depth where the ray meets the labelled box "
+                    f"(median of {len(ratios)} objects; tolerance {DEPTH_RATIO_TOL:g}x)",
+                    f"the depth encoding disagrees with the 3D labels: pick the source's encoding (--depth-encoding: "
+                    "sunrgbd-toolbox for SUN RGB-D's release, mm, 0.1mm, kitti), or multiply the depth scale by "
+                    f"{1 / r:.3g} (or fix the label units)", file=file, field="depth_scale")
     # bins
     if bins is not None:
         _check_bins(col, scenes, bins, label_filter)

@@ -64,7 +64,8 @@ class LabelFilter:
             b = np.asarray(obj.bbox2d, np.float64)
             if not (max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0) >= self.min_box_area_px):
                 return False
-        if obj.visibility < self.min_visibility or obj.truncation > self.max_truncation:
+        # -1 = unavailable (Omni3D): a threshold applies only to known values, as cubercnn's is_ignore does
+        if 0 <= obj.visibility < self.min_visibility or (obj.truncation >= 0 and obj.truncation > self.max_truncation):
             return False
         if self.require_center_inside:
             u = K[0, 0] * obj.center_cam[0] / obj.center_cam[2] + K[0, 2]

@@ -34,7 +34,8 @@ from posevla.data.doctor import DoctorReport, detect_format, run_doctor
 from posevla.data.fitting import collect_labels, fit_bins, merge_labels, waypoint_labels
 from posevla.data.formats.bop import load_bop
 from posevla.data.formats.lerobot import LeRobotV3Dataset, load_lerobot_v3
-from posevla.data.formats.omni3d import Scene, load_omni3d
+from posevla.data.formats.depth_encoding import DEPTH_ENCODINGS
+from posevla.data.formats.omni3d import Scene, dataset_info, load_omni3d
 from posevla.data.grounding import LabelFilter
 from posevla.data.trajectory import TrajectoryConfig, collect_waypoint_translations
 from posevla.data.views import BOP_CROPS, DEFAULT_CROPS, PseudoViewConfig
@@ -46,7 +47,8 @@ from posevla.tokens import BinCounts, BinSpec
 #: reader in `posevla.data.formats` and one line here (plus its checks in the data doctor).
 SOURCE_KINDS: dict[str, tuple[Callable[[SourceSpec], Any], bool]] = {
     "generated": (lambda spec: load_omni3d(_omni3d_json(spec.path)), True),
-    "omni3d": (lambda spec: load_omni3d(_omni3d_json(spec.path)), True),
+    "omni3d": (lambda spec: load_omni3d(_omni3d_json(spec.path), image_root=spec.image_root,
+                                        depth_encoding=spec.depth_encoding), True),
     "bop": (lambda spec: load_bop(spec.path, spec.split, category_names=spec.category_names), True),
     "lerobot": (lambda spec: load_lerobot_v3(spec.path), False),
 }
@@ -73,6 +75,12 @@ class SourceSpec:
         horizon: ``lerobot``: waypoints per arm (spec: 5).
         stride: ``lerobot``: frames between waypoints.
         frame_step: ``lerobot``: use every ``frame_step``-th frame as an example.
+        image_root: ``omni3d``: the folder Omni3D's relative ``file_path`` s start from (the ``datasets/``
+            folder of the official layout); default: the json's folder.
+        depth_encoding: ``omni3d``: how the source's depth PNGs encode metres (see
+            :data:`posevla.data.formats.omni3d.DEPTH_ENCODINGS`); default: the source's own release.
+        cameras: ``lerobot``: a camera calibration json (K, T_world_cam per camera) for datasets that
+            record none; needed for stage-2 trajectories, not for post-training.
     """
 
     kind: SourceKind
@@ -85,6 +93,9 @@ class SourceSpec:
     horizon: int = 5
     stride: int = 10
     frame_step: int = 1
+    image_root: str | None = None
+    depth_encoding: str | None = None
+    cameras: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -95,6 +106,13 @@ class SourceSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"source {self.label}: {f} must be a positive integer, got {v!r}")
+        for f, kinds in (("image_root", ("omni3d",)), ("depth_encoding", ("omni3d",)), ("cameras", ("lerobot",))):
+            if getattr(self, f) is not None and self.kind not in kinds:
+                raise ConfigError(f"source {self.label}: {f} applies to {' / '.join(kinds)} sources, not to "
+                                  f"{self.kind!r}; drop it from this source")
+        if self.depth_encoding is not None and self.depth_encoding not in DEPTH_ENCODINGS:
+            raise ConfigError(f"source {self.label}: unknown depth_encoding {self.depth_encoding!r}; valid: "
+                              f"{', '.join(DEPTH_ENCODINGS)}")
         if self.kind == "lerobot" and self.pseudo_views:
             raise ConfigError(f"source {self.label}: pseudo views apply to grounding sources, not to 'lerobot'; "
                               "use pseudo_views=None (the default) for robot data")
@@ -105,7 +123,8 @@ class SourceSpec:
         if self.name:
             return self.name
         p = Path(self.path)
-        folder = p.parent.name if p.suffix == ".json" else p.name
+        # Omni3D keeps one json per source and split in one folder (datasets/Omni3D/KITTI_train.json): name by file
+        folder = (p.parent.name if p.name == "dataset.json" else p.stem) if p.suffix == ".json" else p.name
         return f"{self.kind}:{folder}" + (f"/{self.split}" if self.kind == "bop" else "")
 
     @property
@@ -138,10 +157,10 @@ def detect_source_kind(path: str | Path) -> SourceKind:
     import json
 
     try:
-        info = json.loads(p.read_text(encoding="utf-8")).get("info") or {}
+        info = dataset_info(json.loads(p.read_text(encoding="utf-8")))
     except (OSError, ValueError, AttributeError):
         info = {}
-    return "generated" if isinstance(info, dict) and info.get("name") == _GENERATED_NAME else "omni3d"
+    return "generated" if info.get("name") == _GENERATED_NAME else "omni3d"
 
 
 def _omni3d_json(path: str | Path) -> Path:
@@ -188,7 +207,8 @@ def check_sources(specs: Sequence[SourceSpec], *, log: Callable[[str], None] = p
         _require_exists(spec)
         key = (str(Path(spec.path).resolve()), spec.category_names, spec.kind)
         if key not in seen:
-            seen[key] = run_doctor(spec.path, category_names=spec.category_names, label_filter=spec.label_filter())
+            seen[key] = run_doctor(spec.path, category_names=spec.category_names, label_filter=spec.label_filter(),
+                                   image_root=spec.image_root, depth_encoding=spec.depth_encoding)
         rep = seen[key]
         if rep.errors:
             raise TrainingError(

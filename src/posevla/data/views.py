@@ -85,7 +85,10 @@ def _recompute(obj: Object3D, K_src: np.ndarray, K_new: np.ndarray, src_size: tu
     src_area = float(np.prod(np.clip(np.asarray(src_box)[2:] - np.asarray(src_box)[:2], 0.0, None)))
     new_area = float(np.prod(np.clip(box[2:] - box[:2], 0.0, None)))
     keep = min(1.0, new_area / src_area) if src_area > 0 else 1.0
-    return dataclasses.replace(obj, bbox2d=box, truncation=float(trunc), visibility=float(obj.visibility) * keep)
+    vis = float(obj.visibility) * keep if obj.visibility >= 0 else -1.0  # -1: unavailable, stays so
+    proj, _ = box2d_from_box3d(K_new, corners, size[0], size[1], clip=False)
+    return dataclasses.replace(obj, bbox2d=box, truncation=float(trunc), visibility=vis,
+                               bbox2d_proj=np.asarray(proj, np.float64))
 
 
 def crop_view(view: View, x0: int, y0: int, width: int, height: int, *, camera: str | None = None,

@@ -57,7 +57,7 @@ class Box3D:
     Args:
         category: class name.
         center: (3,) box centre, metres.
-        dims: (3,) ``[w, h, l]`` full extents along the box's local x, y, z, metres.
+        dims: (3,) Omni3D ``[W, H, L]`` in metres (local x spans L, y spans H, z spans W).
         R: (3, 3) box-to-camera rotation (columns = box axes in the camera frame).
         score: confidence (predictions); ground truth leaves it at 1.0.
     """
@@ -106,7 +106,7 @@ def _check_box(box: Any, where: str, key: Hashable, index: int) -> None:
         fail(
             "dims",
             f"dimensions must be > 0, got {arrays['dims'].tolist()}",
-            "boxes need positive [w, h, l] in metres",
+            "boxes need positive [W, H, L] in metres",
         )
     R = arrays["R"]
     if not np.allclose(R.T @ R, np.eye(3), atol=_ORTHO_ATOL) or np.linalg.det(R) < 0:

@@ -362,16 +362,20 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
     given_2d: bool = True,
+    image_root: str | Path | None = None,
+    depth_encoding: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate model (and, given `train_data`, the category-mean baseline) on a grounding dataset.
 
     ``model`` detects (finds the objects and their 2D boxes itself); with `given_2d` also ``model_given_2d``:
     the true objects and 2D boxes are given and the model predicts their 3D poses, the information the
-    baseline gets.
+    baseline gets. `image_root` / `depth_encoding` are passed to the Omni3D reader of `data` and
+    `train_data` (the official layout: ``--image-root datasets``).
     """
     t0 = time.time()
+    read_kw: dict[str, Any] = dict(image_root=image_root, depth_encoding=depth_encoding)
     data_json = Path(data) / "dataset.json" if Path(data).is_dir() else Path(data)
-    scenes = load_omni3d(data_json)[:max_scenes]
+    scenes = load_omni3d(data_json, **read_kw)[:max_scenes]
     predictor = GroundingPredictor(checkpoint, device=device)
     nv = predictor.spec.num_views
     gt = ground_truth(scenes, nv)
@@ -382,7 +386,7 @@ def evaluate_checkpoint(
         result["model_given_2d"] = evaluate_grounding(given, gt).to_dict()
     if train_data is not None:
         tj = Path(train_data) / "dataset.json" if Path(train_data).is_dir() else Path(train_data)
-        means = CategoryMeans.fit(load_omni3d(tj))
+        means = CategoryMeans.fit(load_omni3d(tj, **read_kw))
         result["baseline"] = evaluate_grounding(baseline_predictions(scenes, means, nv), gt).to_dict()
     result["image_reliance"] = image_reliance(predictor, scenes)
     if "baseline" in result and "model_given_2d" in result:

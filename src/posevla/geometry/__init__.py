@@ -16,6 +16,7 @@ from posevla.geometry.boxes import (
     NEAR_PLANE,
     box2d_from_box3d,
     box_corners,
+    box_extents_xyz,
     iou3d,
     iou3d_matrix,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "BOX_EDGES",
     "NEAR_PLANE",
     "box_corners",
+    "box_extents_xyz",
     "box2d_from_box3d",
     "iou3d",
     "iou3d_matrix",

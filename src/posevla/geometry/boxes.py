@@ -1,14 +1,15 @@
 """Oriented 3D boxes: corners, projected 2D boxes with truncation, and exact 3D IoU.
 
-Box convention (project contracts): ``center`` (3,) in the camera frame, ``dims = [w, h, l]`` along
-the object's local x, y, z, rotation ``R`` (3, 3) with ``p_cam = R @ p_obj + center``.
+Box convention (project contracts, Omni3D exactly: omni3d DATA.md, cubercnn ``get_cuboid_verts_faces``):
+``center`` (3,) in the camera frame, ``dims = [W, H, L]``, rotation ``R`` (3, 3) with
+``p_cam = R @ p_obj + center``, where the object's local **x spans +-L/2, y spans +-H/2 and z spans
++-W/2** (so ``dims`` reversed are the extents along local x, y, z: :func:`box_extents_xyz`).
 
-Corner order (Omni3D): v0-v3 are the front face (local z = -l/2), clockwise from the top-left when
-seen from the front with x right and y down -- (-w/2,-h/2), (+w/2,-h/2), (+w/2,+h/2), (-w/2,+h/2) --
-and v4-v7 the back face (local z = +l/2) in the same order::
+Corner order (Omni3D): v0-v3 lie on the face at local z = -W/2 -- (-L/2,-H/2), (+L/2,-H/2), (+L/2,+H/2),
+(-L/2,+H/2) in local (x, y) -- and v4-v7 are the same four at z = +W/2::
 
         v0 ---- v1          v4 ---- v5
-        |  front |          |  back  |      x ->, y down
+        | z=-W/2 |          | z=+W/2 |      x ->, y down
         v3 ---- v2          v7 ---- v6
 
 :func:`box_corners` works on numpy or torch; :func:`box2d_from_box3d` returns the input kind but
@@ -31,12 +32,13 @@ __all__ = [
     "BOX_EDGES",
     "NEAR_PLANE",
     "box_corners",
+    "box_extents_xyz",
     "box2d_from_box3d",
     "iou3d",
     "iou3d_matrix",
 ]
 
-#: Signs (8, 3) of the local corner coordinates in units of dims/2, Omni3D order (see module doc).
+#: Signs (8, 3) of the local corner coordinates (x, y, z) in units of the half extents, Omni3D order.
 BOX_CORNER_SIGNS: np.ndarray = np.array(
     [
         [-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
@@ -56,16 +58,26 @@ BOX_EDGES.setflags(write=False)
 NEAR_PLANE = 1e-3
 
 
-def box_corners(center: Array, dims: Array, R: Array) -> Array:
-    """Corners (..., 8, 3) of boxes center (..., 3), dims (..., 3) = [w, h, l], R (..., 3, 3).
+#: Index of ``dims = [W, H, L]`` that gives the extent along local x, y, z (L, H, W).
+_EXTENT_OF_AXIS = [2, 1, 0]
 
-    ``corner_k = R @ (signs_k * dims / 2) + center`` in the Omni3D order (see module docstring).
+
+def box_extents_xyz(dims: Array) -> Array:
+    """Extents (..., 3) of boxes along their local x, y, z: ``[L, H, W]`` of Omni3D ``dims = [W, H, L]``."""
+    return dims[..., _EXTENT_OF_AXIS]
+
+
+def box_corners(center: Array, dims: Array, R: Array) -> Array:
+    """Corners (..., 8, 3) of boxes center (..., 3), dims (..., 3) = [W, H, L] (Omni3D), R (..., 3, 3).
+
+    ``corner_k = R @ (signs_k * [L, H, W] / 2) + center`` in the Omni3D order (see module docstring).
     Returns center's kind.
     """
     center = B.ensure_float(center)
     dims = B.like(dims, center)
     R = B.like(R, center)
-    local = B.like(BOX_CORNER_SIGNS, center) * (0.5 * dims[..., None, :])  # (..., 8, 3)
+    half = 0.5 * box_extents_xyz(dims)  # (..., 3) along local x, y, z
+    local = B.like(BOX_CORNER_SIGNS, center) * half[..., None, :]  # (..., 8, 3)
     return local @ B.transpose_last2(R) + center[..., None, :]
 
 
@@ -89,13 +101,14 @@ def _clipped_vertices(corners: np.ndarray, near: float) -> tuple[np.ndarray, np.
     return pts, valid
 
 
-def box2d_from_box3d(K: Any, corners: Array, width: int, height: int) -> tuple[Array, Array]:
+def box2d_from_box3d(K: Any, corners: Array, width: int, height: int, *, clip: bool = True) -> tuple[Array, Array]:
     """Project 3D box corners (..., 8, 3) to a 2D box and its truncation.
 
     The box is first clipped to the near plane z >= 1e-3 (edges crossing the plane contribute their
     intersection point), the clipped polytope's vertices are projected with ``K`` (3, 3), and their
     min/max gives the unclipped box. That box is clipped to the image
-    [-0.5, W-0.5] x [-0.5, H-0.5].
+    [-0.5, W-0.5] x [-0.5, H-0.5] (Omni3D's ``bbox2D_trunc``); ``clip=False`` returns the unclipped box
+    (Omni3D's ``bbox2D_proj``) with the same truncation.
 
     Returns ``(box (..., 4) x1 y1 x2 y2, truncation (...))`` with
     ``truncation = 1 - clipped_area / unclipped_area``: 0 when the projection lies fully inside the
@@ -124,7 +137,7 @@ def box2d_from_box3d(K: Any, corners: Array, width: int, height: int) -> tuple[A
         inside = np.all((lo >= lim_lo) & (hi <= lim_hi), axis=-1)
         trunc = np.where(area > 0, trunc, np.where(inside, 0.0, 1.0))
     trunc = np.clip(trunc, 0.0, 1.0)
-    box = np.concatenate([clo, chi], axis=-1)
+    box = np.concatenate([clo, chi] if clip else [lo, hi], axis=-1)
     box = np.where(any_valid[..., None], box, np.nan)
     trunc = np.where(any_valid, trunc, 1.0)
     if B.is_torch(corners):
@@ -146,7 +159,7 @@ def _halfspaces(center: np.ndarray, dims: np.ndarray, R: np.ndarray) -> np.ndarr
     """The 6 half-spaces (6, 4) ``[a, b]`` with ``a . p + b <= 0`` inside the box (unit normals)."""
     axes = R.T  # rows = the box's local x, y, z axes in the camera frame
     offs = axes @ center  # (3,)
-    half = 0.5 * dims
+    half = 0.5 * box_extents_xyz(dims)  # (3,) along local x, y, z
     pos = np.concatenate([axes, (-offs - half)[:, None]], axis=1)  # a.p <= a.c + d/2
     neg = np.concatenate([-axes, (offs - half)[:, None]], axis=1)  # -a.p <= -a.c + d/2
     return np.concatenate([pos, neg], axis=0)
@@ -193,7 +206,7 @@ def _iou_prepared(
 
 
 def iou3d(center1: Any, dims1: Any, R1: Any, center2: Any, dims2: Any, R2: Any) -> float:
-    """Exact IoU of two oriented 3D boxes (center (3,), dims (3,) [w, h, l], R (3, 3)).
+    """Exact IoU of two oriented 3D boxes (center (3,), dims (3,) [W, H, L], R (3, 3)).
 
     The intersection of two convex boxes is the intersection of their 12 half-spaces: an interior
     point is found as the Chebyshev centre (``scipy.optimize.linprog``; IoU 0 when its radius is

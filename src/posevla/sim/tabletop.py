@@ -17,10 +17,11 @@ Rendering uses one MuJoCo model per worker that holds every catalogue mesh a few
 instances are hidden through a disabled geom group, so no model is compiled per scene. Render fast
 path: no MSAA (``offsamples=0``), no shadows, one render per camera read back as RGB and depth.
 
-Labels per camera follow Omni3D: ``center_cam``, ``dimensions`` [w, h, l] (AABB extents along the
-object's local x, y, z), ``R_cam`` (``p_cam = R_cam p_obj + center_cam``), ``bbox3D_cam`` (Omni3D
-corner order), ``bbox2D_proj`` (projected 3D box clipped to the image), ``truncation`` (fraction of
-the projected box outside the image), ``visibility`` (fraction of the object's camera-facing surface
+Labels per camera follow Omni3D exactly: ``center_cam``, ``dimensions`` [W, H, L] (the AABB extents
+along the object's local z, y, x: Omni3D's x spans L, y spans H, z spans W), ``R_cam``
+(``p_cam = R_cam p_obj + center_cam``), ``bbox3D_cam`` (Omni3D corner order), ``bbox2D_proj`` (the
+unclipped projection of the 3D box), ``bbox2D_trunc`` (that box clipped to the image),
+``behind_camera``, ``truncation`` (fraction of the projected box outside the image), ``visibility`` (fraction of the object's camera-facing surface
 samples that fall inside the image and are not occluded in the rendered depth), ``valid3D`` and
 ``depth_min`` (smallest camera-frame z over the object's surface samples).
 """
@@ -43,7 +44,7 @@ from PIL import Image
 
 from posevla.sim.objects import CATALOGUE, category_names, default_cache_dir, load_mesh
 from posevla.errors import ConfigError, DataError
-from posevla.geometry.boxes import box2d_from_box3d, box_corners
+from posevla.geometry.boxes import box2d_from_box3d, box_corners, box_extents_xyz
 from posevla.geometry.camera import K_from_fovy
 from posevla.geometry.se3 import opengl_to_opencv_camera
 from posevla.sim.render import MujocoCameraRenderer
@@ -235,18 +236,22 @@ def label_object(
     visibility = float(seen.sum()) / n_front
     if visibility < MIN_VISIBILITY:
         return None
-    corners = box_corners(center, obj.dims, R_cam)
+    dims = box_extents_xyz(np.asarray(obj.dims, np.float64))  # local x, y, z extents -> Omni3D [W, H, L]
+    corners = box_corners(center, dims, R_cam)
     box2d, trunc = box2d_from_box3d(K, corners, W, H)
     if not np.all(np.isfinite(box2d)):
         return None
+    proj, _ = box2d_from_box3d(K, corners, W, H, clip=False)
     valid3d = bool(center[2] > 0.05 and corners[:, 2].min() > 0.0)
     return {
         "category_name": obj.category,
         "center_cam": [float(x) for x in center],
-        "dimensions": [float(x) for x in obj.dims],
+        "dimensions": [float(x) for x in dims],
         "R_cam": R_cam.tolist(),
         "bbox3D_cam": corners.tolist(),
-        "bbox2D_proj": [float(x) for x in box2d],
+        "bbox2D_proj": [float(x) for x in proj],
+        "bbox2D_trunc": [float(x) for x in box2d],
+        "behind_camera": bool(center[2] <= 0),
         "visibility": round(visibility, 4),
         "truncation": round(float(trunc), 4),
         "valid3D": valid3d,

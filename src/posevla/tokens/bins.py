@@ -152,7 +152,7 @@ class BinSpec:
     Args:
         trans_xy_edges: ``(N+1,)`` strictly increasing edges (metres) for translation x and y.
         trans_z_edges: ``(N+1,)`` edges (metres) for translation z (depth).
-        size_edges: ``(N+1,)`` edges (metres) for box dimensions w, h, l.
+        size_edges: ``(N+1,)`` edges (metres) for box dimensions W, H, L (Omni3D order).
         n_rot: number of rotation values (uniform over [-pi, pi]); at least 2.
         n_loc: number of 2D anchor bins over normalised [0, 1]; at least 1.
         description: free text describing the fitting data (not part of the fingerprint).
@@ -189,7 +189,7 @@ class BinSpec:
         """Fit non-uniform edges as quantiles of the given values (any shape; flattened).
 
         ``trans_xy`` holds x and y values pooled (e.g. an ``(M, 2)`` array of x, y); ``trans_z`` the depths;
-        ``size`` all of w, h, l pooled.  Units are metres. ``counts`` default: :class:`BinCounts` ().
+        ``size`` all of W, H, L pooled.  Units are metres. ``counts`` default: :class:`BinCounts` ().
         """
         counts = counts if counts is not None else BinCounts()
         if not isinstance(counts, BinCounts):

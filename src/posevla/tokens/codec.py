@@ -74,7 +74,7 @@ class PoseEntry:
         anchor: ``(4,)`` 2D box ``x1, y1, x2, y2`` or ``(2,)`` point ``u, v``, normalised image coords in [0, 1].
         translation: ``(3,)`` camera-frame position in metres (OpenCV: x right, y down, z forward).
         euler_xyz: ``(3,)`` roll, pitch, yaw in radians (scipy ``"xyz"``).
-        size: ``(3,)`` box dimensions ``w, h, l`` in metres, or None for waypoints.
+        size: ``(3,)`` box dimensions Omni3D ``[W, H, L]`` in metres (in that order), or None for waypoints.
         score: confidence (1.0 for ground truth; the mean token probability for predictions).
     """
 

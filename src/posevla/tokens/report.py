@@ -64,7 +64,7 @@ def quantization_report(
         bins: the bin spec to evaluate.
         trans_xy: translation x and y values in metres (any shape; pooled).
         trans_z: translation z values in metres.
-        size: box dimensions in metres (w, h, l pooled).
+        size: box dimensions in metres (W, H, L pooled).
         rot: Euler angles in radians.
         loc: normalised [0, 1] anchor coordinates, optional.
 

@@ -125,6 +125,9 @@ class DataConfig:
     """Processes building batches (0 = in the training process with a prefetch thread); batches are identical."""
     doctor: bool = True
     """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it)."""
+    cameras: str | None = None
+    """Action objective: a camera calibration json for a LeRobot dataset that records none (only the stage-2
+    trajectories need K and T_world_cam; post-training does not)."""
 
     def __post_init__(self) -> None:
         check_float(self.weight_exponent, "--data.weight-exponent", lo=0.0, hi=2.0)
