@@ -64,7 +64,8 @@ def test_reader_maps_fields_exactly():
         c_model = np.array([m["min_x"] + m["size_x"] / 2, m["min_y"] + m["size_y"] / 2, m["min_z"] + m["size_z"] / 2])
         R = np.array(g["cam_R_m2c"]).reshape(3, 3)
         np.testing.assert_allclose(o.center_cam, (R @ c_model + np.array(g["cam_t_m2c"])) / 1000, atol=1e-12)
-        np.testing.assert_allclose(o.dimensions, np.array([m["size_x"], m["size_y"], m["size_z"]]) / 1000)
+        # Omni3D's [W, H, L] with the model's x spanning L and z spanning W
+        np.testing.assert_allclose(o.dimensions, np.array([m["size_z"], m["size_y"], m["size_x"]]) / 1000)
         np.testing.assert_allclose(o.R_cam, R)
         assert o.visibility == pytest.approx(gi["visib_fract"])
         # independent check of the pose/K conventions: the ray-cast silhouette lies in the projected 3D box

@@ -20,7 +20,8 @@ Mapping to the canonical records (metres, OpenCV camera frame):
 * ``K = cam_K`` reshaped to 3x3; ``View.depth_scale = depth_scale / 1000`` (metres per PNG unit);
   ``T_world_cam = inv([cam_R_w2c | cam_t_w2c / 1000])`` when the extrinsics are present.
 * 9-DoF box centred at the model's bounding-box centre ``c_m = (min + size / 2) / 1000``:
-  ``center_cam = cam_R_m2c @ c_m + cam_t_m2c / 1000``, ``dimensions = (size_x, size_y, size_z) / 1000``,
+  ``center_cam = cam_R_m2c @ c_m + cam_t_m2c / 1000``, ``dimensions = (size_z, size_y, size_x) / 1000``
+  (Omni3D's [W, H, L]: the model's x spans L, y spans H, z spans W),
   ``R_cam = cam_R_m2c``.
 * ``visibility = visib_fract``; ``bbox2d`` and ``truncation`` from the projected 3D box clipped to the
   image (:func:`posevla.geometry.box2d_from_box3d`), exactly as the Omni3D reader's data define them.
@@ -396,7 +397,7 @@ def _load_scene_dir(
             center = R @ model.bbox_center + t * _MM
             name = names[oid] if names is not None else f"obj_{oid:06d}"
             view.objects.append(
-                Object3D(name, center, model.size.copy(), R, np.full(4, np.nan), vis, 1.0, f"{sid}/{k}", None)
+                Object3D(name, center, model.size[::-1].copy(), R, np.full(4, np.nan), vis, 1.0, f"{sid}/{k}", None)
             )
         if view.objects:  # projected 2D boxes and truncation, all objects of the image at once
             corners = box_corners(np.stack([o.center_cam for o in view.objects]),  # (N, 8, 3)
@@ -543,8 +544,9 @@ def write_bop(
         _write_json(sdir / "scene_gt_info.json", infos)
     info = {}
     for oid, size in sizes.items():
-        mins = (off - size / 2.0) / _MM
-        s = size / _MM
+        ext = size[::-1]  # Omni3D [W, H, L] -> extents along the model's x, y, z
+        mins = (off - ext / 2.0) / _MM
+        s = ext / _MM
         info[str(oid)] = {"diameter": float(np.linalg.norm(s)), "min_x": mins[0], "min_y": mins[1], "min_z": mins[2],
                           "size_x": s[0], "size_y": s[1], "size_z": s[2]}
     _write_json(root / "models" / "models_info.json", {k: {a: float(x) for a, x in d.items()} for k, d in info.items()})
