@@ -159,6 +159,7 @@ class View:
     depth_scale: float | None = None
     crop: Crop | None = None
     depth_encoding: str = "linear"
+    gray: bool = False  # a gray picture (BOP's gray/ modality), read as three equal channels
 
 
 @dataclass
@@ -548,6 +549,8 @@ def load_rgb(view: View) -> np.ndarray:
     path = Path(view.image_path)
     hdr = _png_header(path) if path.is_file() else None
     rec = f"image id {view.image_id}" if view.image_id is not None else None
+    if view.gray:
+        return _load_gray(path, view)
     if hdr is not None and (hdr[2] != 8 or hdr[3] != 2):
         kinds = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
         raise DataError(
@@ -566,6 +569,21 @@ def load_rgb(view: View) -> np.ndarray:
         raise DataError(f"expected uint8 (H, W, 3), got {arr.dtype} {arr.shape}", file=str(path), record=rec,
                         field="file_path", fix="convert the image to 8-bit RGB")
     return np.ascontiguousarray(arr)
+
+
+def _load_gray(path: Path, view: View) -> np.ndarray:
+    """A gray picture (8-bit, or 16-bit scaled to 8 bits by its top byte) as uint8 (H, W, 3) equal channels."""
+    img, rec = _open_image(path, view, "file_path")
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and np.array_equal(arr[..., 0], arr[..., 1]):
+        arr = arr[..., 0]
+    if arr.ndim != 2 or arr.dtype not in (np.uint8, np.uint16, np.int32):
+        raise DataError(f"expected a single-channel gray image, got {arr.dtype} {arr.shape}", file=str(path),
+                        record=rec, field="file_path", fix="store gray images as 8- or 16-bit single-channel files")
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+    arr = _window(arr, view)
+    return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
 
 
 def load_depth(view: View, depth_scale: float | None = None) -> np.ndarray:
@@ -587,7 +605,8 @@ def load_depth(view: View, depth_scale: float | None = None) -> np.ndarray:
                         fix="pass depth_scale= or depth_encoding= (--depth-encoding: "
                             f"{', '.join(SOURCE_DEPTH_ENCODINGS.values())}, ...), or set info.depth_scale in the json")
     hdr = _png_header(path) if path.is_file() else None
-    if path.is_file() and (hdr is None or hdr[2] != 16 or hdr[3] != 0):
+    tif = path.suffix.lower() in (".tif", ".tiff")  # ITODD's depth: 16-bit TIFF
+    if path.is_file() and not tif and (hdr is None or hdr[2] != 16 or hdr[3] != 0):
         got = "not a PNG" if hdr is None else f"{hdr[2]}-bit colour type {hdr[3]}"
         raise DataError(f"expected a 16-bit grayscale PNG, got {got}", file=str(path), record=rec, field="depth_path",
                         fix="store depth as uint16 PNG (metres / depth_scale, 0 = invalid)")
