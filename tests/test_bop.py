@@ -12,6 +12,7 @@ import pytest
 
 from posevla.data.formats.bop import YCBV_NAMES, load_bop, load_category_names, write_bop
 from posevla.data.formats.omni3d import load_depth, load_omni3d, load_rgb
+from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bop_tiny"
@@ -170,3 +171,229 @@ def test_box_helper_agrees_with_reader():
     box, trunc = box2d_from_box3d(v.K, box_corners(o.center_cam, o.dimensions, o.R_cam), v.width, v.height)
     np.testing.assert_allclose(o.bbox2d, box)
     assert o.truncation == pytest.approx(float(trunc))
+
+
+# ----------------------------------------------------------------------------------------------
+# layout variants of real BOP datasets (tests/fixtures/make_bop_toolkit_fixture.py, `variants`)
+# ----------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ITODD, MULTI, PBR, TLESS = (FIXTURES / f"bop_{n}_tiny" for n in ("itodd", "multisensor", "pbr", "tless"))
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """The fixture script's gray: ITU-R 601 weights, rounded."""
+    return np.round(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+
+
+def _same_labels(a, b, *, exact: bool = True) -> None:
+    """Two views with the same camera and objects (a: a variant, b: bop_tiny's)."""
+    assert (a.width, a.height) == (b.width, b.height) == (128, 96)
+    np.testing.assert_array_equal(a.K, b.K)
+    if b.T_world_cam is None:
+        assert a.T_world_cam is None
+    else:
+        np.testing.assert_allclose(a.T_world_cam, b.T_world_cam, atol=0 if exact else 1e-12)
+    assert [o.category for o in a.objects] == [o.category for o in b.objects]
+    for oa, ob in zip(a.objects, b.objects, strict=True):
+        for key in ("center_cam", "dimensions", "R_cam", "bbox2d"):
+            np.testing.assert_allclose(getattr(oa, key), getattr(ob, key), atol=0 if exact else 1e-12, err_msg=key)
+        assert (oa.visibility, oa.truncation) == (ob.visibility, ob.truncation)
+
+
+def _raw_pose(root: Path, rel: str, im: str, k: int):
+    """(K 3x3, R_m2c, t_m2c in metres) straight from a variant's json files."""
+    scene_dir = root / Path(rel).parent
+    cam = _json(root / rel)[im]
+    gt = _json(scene_dir / Path(rel).name.replace("scene_camera", "scene_gt"))[im][k]
+    return (np.array(cam["cam_K"]).reshape(3, 3), np.array(gt["cam_R_m2c"]).reshape(3, 3),
+            np.array(gt["cam_t_m2c"]) / 1000, cam["depth_scale"])
+
+
+def test_variant_fixtures_are_small_and_in_the_toolkit_layout():
+    total = sum(p.stat().st_size for root in (ITODD, MULTI, PBR, TLESS) for p in root.rglob("*") if p.is_file())
+    assert total <= 300_000
+    assert {p.name for p in (ITODD / "test" / "000001").iterdir()} == {"scene_camera.json", "scene_gt.json",
+                                                                       "scene_gt_info.json", "gray", "depth"}
+    assert {p.suffix for p in (ITODD / "test" / "000001").rglob("*0*.*")} == {".tif"}
+    assert {p.name for p in (MULTI / "test" / "000001").iterdir()} == {
+        f"{kind}_{s}{ext}" for s in ("photoneo", "xyz")
+        for kind, ext in (("scene_camera", ".json"), ("scene_gt", ".json"), ("scene_gt_info", ".json"), ("depth", ""))
+    } | {"rgb_photoneo", "gray_xyz"}
+    assert not (MULTI / "camera.json").exists() and (MULTI / "camera_xyz.json").is_file()
+    assert sorted(p.name for p in PBR.iterdir() if p.is_dir()) == ["models", "train_pbr"]
+    assert sorted(p.name for p in TLESS.glob("*.json")) == ["camera_primesense.json", "category_names.json"]
+
+
+def test_itodd_gray_tiff_and_tiff_depth():
+    from PIL import Image
+
+    scenes = load_bop(ITODD)  # the only split: test
+    ref = load_bop(FIXTURE, "test", scene_ids=[1])
+    assert [s.scene_id for s in scenes] == [s.scene_id for s in ref] == [f"{S1}/000000", f"{S1}/000005"]
+    n_far = 0
+    for s, r in zip(scenes, ref):
+        v, w = s.views[0], r.views[0]
+        _same_labels(v, w)
+        assert v.gray and not w.gray and v.image_path.suffix == v.depth_path.suffix == ".tif"
+        assert v.depth_scale == pytest.approx(0.05e-3)  # this root's scene_camera.json, not bop_tiny's 0.1 mm
+        rgb = load_rgb(v)
+        assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint8
+        np.testing.assert_array_equal(rgb, np.repeat(_luminance(load_rgb(w))[..., None], 3, axis=2))
+        raw = np.asarray(Image.open(v.depth_path))  # uint16, twice bop_tiny's values (0.05 mm per unit)
+        assert raw.dtype == np.uint16
+        np.testing.assert_allclose(load_depth(v), raw * 0.05e-3, rtol=1e-6)
+        far = load_depth(w) > 65535 * 0.05e-3  # beyond the range of 0.05 mm units: stored as 0 (invalid)
+        n_far += int(far.sum())
+        assert not load_depth(v)[far].any()
+        np.testing.assert_allclose(load_depth(v)[~far], load_depth(w)[~far], atol=1e-7)
+    assert n_far > 0
+    K, R, t, ds = _raw_pose(ITODD, "test/000001/scene_camera.json", "5", 1)
+    o = scenes[1].views[0].objects[1]
+    np.testing.assert_array_equal(scenes[1].views[0].K, K)
+    np.testing.assert_array_equal(o.R_cam, R)
+    m = _json(ITODD / "models" / "models_info.json")[str(_json(ITODD / S1 / "scene_gt.json")["5"][1]["obj_id"])]
+    c = np.array([m["min_x"] + m["size_x"] / 2, m["min_y"] + m["size_y"] / 2, m["min_z"] + m["size_z"] / 2]) / 1000
+    np.testing.assert_allclose(o.center_cam, R @ c + t, atol=1e-12)
+    np.testing.assert_allclose(o.dimensions, np.array([m["size_z"], m["size_y"], m["size_x"]]) / 1000)
+    assert ds == 0.05
+
+
+def test_multi_sensor_files_read_one_sensor_at_a_time(tmp_path):
+    ref = load_bop(FIXTURE, "test", scene_ids=[1])  # photoneo = bop_tiny's image 0, xyz = its image 5
+    pho = load_bop(MULTI, "test", sensor="photoneo")
+    xyz = load_bop(MULTI, sensor="xyz")
+    assert [s.scene_id for s in pho] == ["test/000001/photoneo/000000"]
+    assert [s.scene_id for s in xyz] == ["test/000001/xyz/000000"]
+    for (s, r, gray) in ((pho[0], ref[0], False), (xyz[0], ref[1], True)):
+        v, w = s.views[0], r.views[0]
+        _same_labels(v, w)
+        assert v.gray is gray and v.camera == f"test/{'xyz' if gray else 'photoneo'}"
+        assert v.depth_scale == pytest.approx(1e-4)
+        np.testing.assert_array_equal(load_depth(v), load_depth(w))
+        want = np.repeat(_luminance(load_rgb(w))[..., None], 3, axis=2) if gray else load_rgb(w)
+        np.testing.assert_array_equal(load_rgb(v), want)
+    K, R, _, _ = _raw_pose(MULTI, "test/000001/scene_camera_xyz.json", "0", 2)
+    np.testing.assert_array_equal(xyz[0].views[0].K, K)
+    np.testing.assert_array_equal(xyz[0].views[0].objects[2].R_cam, R)
+    # both sensors see one world: the same object has one world position
+    a, b = pho[0].views[0], xyz[0].views[0]
+    for oa, ob in zip(a.objects, b.objects, strict=True):
+        np.testing.assert_allclose(a.T_world_cam[:3, :3] @ oa.center_cam + a.T_world_cam[:3, 3],
+                                   b.T_world_cam[:3, :3] @ ob.center_cam + b.T_world_cam[:3, 3], atol=1e-9)
+    with pytest.raises(DataError, match="photoneo.*xyz") as e:
+        load_bop(MULTI)  # no sensor is chosen silently
+    assert e.value.field == "sensor"
+    with pytest.raises(DataError, match="scene_camera_cam1.json"):
+        load_bop(MULTI, sensor="cam1")
+    with pytest.raises(DataError, match="scene_camera.json"):  # "" = the classic names, absent here
+        load_bop(MULTI, sensor="")
+    # a known dataset's evaluation sensor is named in the hint, still not chosen
+    with pytest.raises(DataError, match="'xyz' is the sensor BOP evaluates xyzibd on"):
+        load_bop(shutil.copytree(MULTI, tmp_path / "xyzibd"))
+
+
+def test_train_pbr_only_root_with_jpeg_rgb():
+    scenes = load_bop(PBR)  # default split: the only one, train_pbr
+    ref = load_bop(FIXTURE, "test", scene_ids=[1])
+    assert [s.scene_id for s in scenes] == ["train_pbr/000000/000000", "train_pbr/000000/000001"]
+    for s, r in zip(scenes, ref, strict=True):
+        v, w = s.views[0], r.views[0]
+        _same_labels(v, w)
+        assert v.image_path.suffix == ".jpg" and v.camera == "train_pbr" and not v.gray
+        assert v.depth_scale == pytest.approx(_json(PBR / "train_pbr/000000/scene_camera.json")["0"]["depth_scale"]
+                                              * 1e-3) == pytest.approx(1e-4)
+        np.testing.assert_array_equal(load_depth(v), load_depth(w))
+        assert np.abs(load_rgb(v).astype(int) - load_rgb(w).astype(int)).mean() < 10  # JPEG re-encoded
+    with pytest.raises(DataError, match="train_pbr") as e:  # no silent 'test': the error lists the splits
+        load_bop(PBR, "test")
+    assert e.value.field == "split"
+
+
+def test_split_named_test_primesense_and_camera_primesense(tmp_path):
+    scenes = load_bop(TLESS)
+    ref = load_bop(FIXTURE, "test", scene_ids=[2])
+    assert [s.scene_id for s in scenes] == ["test_primesense/000002/000000", "test_primesense/000002/000001"]
+    for s, r in zip(scenes, ref, strict=True):
+        _same_labels(s.views[0], r.views[0])
+        assert np.abs(load_rgb(s.views[0]).astype(int) - load_rgb(r.views[0]).astype(int)).max() <= 1
+        np.testing.assert_array_equal(load_depth(s.views[0]), load_depth(r.views[0]))
+    # camera_primesense.json is for sensor simulation: a size that disagrees with the images is not used
+    # (T-LESS's train_primesense images are 400x400 under a 720x540 camera_primesense.json)
+    root = shutil.copytree(TLESS, tmp_path / "tless")
+    _edit(root / "camera_primesense.json", lambda d: d.update(width=720, height=540))
+    v = load_bop(root)[0].views[0]
+    assert (v.width, v.height) == (128, 96)
+    load_rgb(v)
+
+
+def test_split_must_be_chosen_when_there_are_several(bop):
+    shutil.copytree(bop / "test", bop / "train_pbr")
+    with pytest.raises(DataError, match="test, train_pbr") as e:
+        load_bop(bop)
+    assert e.value.field == "split"
+    assert len(load_bop(bop, "train_pbr")) == 4
+    with pytest.raises(DataError, match="val/<scene_id>/scene_gt"):
+        load_bop(bop, "val")
+
+
+def test_bop_roots_are_detected_with_camera_json(tmp_path):
+    from posevla.data.doctor import detect_format, run_doctor
+    root = shutil.copytree(TLESS, tmp_path / "tless")
+    (root / "category_names.json").unlink()  # one json left at the root: camera_primesense.json
+    shutil.move(root / "camera_primesense.json", root / "camera.json")
+    assert detect_format(root) == ("bop", root)
+    assert detect_format(root / "camera.json") == ("bop", root)
+    shutil.rmtree(root / "test_primesense")  # models/models_info.json alone marks a BOP root
+    assert detect_format(root) == ("bop", root)
+    assert detect_format(MULTI / "test" / "000001") == ("bop", MULTI)
+    assert detect_format(MULTI / "test") == ("bop", MULTI)
+    assert detect_format(MULTI / "test" / "000001" / "scene_gt_info_xyz.json") == ("bop", MULTI)
+    assert detect_format(MULTI / "camera_xyz.json") == ("bop", MULTI)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "camera.json").write_text(json.dumps({"fx": 1.0}))
+    with pytest.raises(DataError, match="models_info.json") as e:
+        detect_format(other)  # one json that is not Omni3D: neither format
+    assert "camera.json" in str(e.value)
+    (other / "camera.json").write_text(json.dumps({"images": [], "annotations": []}))
+    assert detect_format(other) == ("omni3d", other / "camera.json")
+    rep = run_doctor(MULTI)
+    assert rep.format == "bop" and rep.stats["splits"] == "test[photoneo,xyz]"
+    assert rep.ok, rep.table()
+    multi = shutil.copytree(MULTI, tmp_path / "multi")  # the doctor reads each sensor's own scene_gt_info
+    _edit(multi / "test/000001/scene_gt_info_xyz.json",
+          lambda d: [r.__setitem__("bbox_visib", [128 - r["bbox_visib"][0] - r["bbox_visib"][2], *r["bbox_visib"][1:]])
+                     for r in d["0"]])
+    assert run_doctor(multi).checks("error") == {"image orientation"}
+
+
+def test_source_spec_split_defaults_to_the_only_split():
+    from posevla.data.sources import SOURCE_KINDS, SourceSpec
+    from posevla.errors import ConfigError
+
+    spec = SourceSpec("bop", str(PBR))
+    assert spec.split is None and spec.label == "bop:bop_pbr_tiny/train_pbr"  # the only split, as load_bop reads
+    assert SourceSpec("bop", str(MULTI.parent / "missing")).label == "bop:missing"
+    assert SourceSpec("bop", str(TLESS), split="test_primesense").label == "bop:bop_tless_tiny/test_primesense"
+    assert next(s.scene_id for s in SOURCE_KINDS["bop"][0](spec)) == "train_pbr/000000/000000"
+    for bad in ("", "a/b", ".."):
+        with pytest.raises(ConfigError, match="split"):
+            SourceSpec("bop", str(PBR), split=bad)
+    with pytest.raises(ConfigError, match="split applies to 'bop'"):
+        SourceSpec("omni3d", "x.json", split="val")
+    assert SourceSpec("omni3d", "x.json", split="test").split is None  # the old default, in saved configs
+
+
+def test_source_spec_sensor_reads_one_sensor_of_a_multi_sensor_root():
+    from posevla.data.sources import SourceSpec, load_source
+    from posevla.errors import ConfigError
+
+    spec = SourceSpec("bop", str(MULTI), sensor="xyz")
+    assert spec.label == "bop:bop_multisensor_tiny/test/xyz"
+    views = [v for s in load_source(spec).scenes for v in s.views]
+    assert views and all(v.image_path.parent.name == "gray_xyz" and v.gray for v in views)
+    with pytest.raises(DataError, match="photoneo"):  # several sensors and none named: the error lists them
+        load_source(SourceSpec("bop", str(MULTI)))
+    with pytest.raises(ConfigError, match="sensor applies to bop"):
+        SourceSpec("omni3d", "x.json", sensor="xyz")

@@ -4,6 +4,7 @@ the field. The base is the checked-in BOP fixture (fixtures/bop_tiny, fixtures/m
 from __future__ import annotations
 
 import json
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from . import InCase, api, case
-from .workspace import BOP_FIXTURE
+from .workspace import BOP_FIXTURE, FIXTURES
 
 bop = partial(case, "bop")
 S1 = "test/000001"
@@ -67,6 +68,37 @@ def _files(fn, split: str = "test"):
         load_bop(root, split)
 
     return call
+
+
+def _variant(name: str, fn=lambda root: None, **kwargs):
+    """``load_bop(**kwargs)`` of a copy of the layout variant ``fixtures/<name>`` after ``fn(root)``
+    (variants: tests/fixtures/make_bop_toolkit_fixture.py)."""
+    def call(ws, tmp):
+        from posevla.data.formats.bop import load_bop
+
+        root = ws.copy(FIXTURES / name, tmp / name)
+        fn(root)
+        load_bop(root, **kwargs)
+
+    return call
+
+
+def _two_splits(root: Path) -> None:
+    shutil.copytree(root / "test", root / "train_pbr")
+
+
+def _drop_sensor_in_scene_2(root: Path) -> None:
+    shutil.copytree(root / "test" / "000001", root / "test" / "000002")
+    for p in (root / "test" / "000002").glob("scene_*_xyz.json"):
+        p.unlink()
+
+
+def _cam_model(root: Path) -> None:
+    p = root / "test_primesense" / "000002" / "scene_camera.json"
+    d = json.loads(p.read_text())
+    d["0"]["cam_model"] = {"projection_model_type": "CameraModelType.FISHEYE624", "projection_params": [1.0] * 16}
+    d["0"].pop("cam_K")
+    p.write_text(json.dumps(d))
 
 
 def _pixels(fn, what: str = "rgb"):
@@ -151,6 +183,27 @@ CASES = [
     bop("root_missing", ("nope", "root not found"), call=api("posevla.data.formats.bop:load_bop", InCase("nope"))),
     bop("scene_folder_empty", ("000001",),
         call=_files(lambda r: [p.unlink() for p in (r / S1).glob("*.json")] and None)),
+    # -- layout variants: splits, sensors, gray / per-sensor folders ------------------------------------------------
+    bop("split_ambiguous", ("test_primesense, train_pbr", "field 'split'"),
+        call=_variant("bop_tless_tiny", lambda r: shutil.copytree(r / "test_primesense", r / "train_pbr"))),
+    bop("split_ambiguous_two", ("test, train_pbr", "field 'split'"), call=_files(_two_splits, split=None)),
+    bop("split_missing_named", ("val", "scene_gt", "test", "field 'split'"), call=_files(lambda r: None, split="val")),
+    bop("split_not_in_pbr_root", ("'test'", "train_pbr", "field 'split'"), call=_variant("bop_pbr_tiny", split="test")),
+    bop("split_none_found", ("no split folder", "scene_gt", "field 'split'"),
+        call=_variant("bop_pbr_tiny", lambda r: shutil.rmtree(r / "train_pbr"))),
+    bop("split_path_not_name", ("'test/000001'", "field 'split'"), call=_files(lambda r: None, split="test/000001")),
+    bop("sensor_ambiguous", ("photoneo", "xyz", "scene_camera_xyz.json", "field 'sensor'"),
+        call=_variant("bop_multisensor_tiny")),
+    bop("sensor_unknown", ("'cam1'", "scene_camera_cam1.json", "photoneo", "field 'sensor'"),
+        call=_variant("bop_multisensor_tiny", sensor="cam1")),
+    bop("sensor_missing_in_one_scene", ("000002", "scene_camera_xyz.json", "field 'sensor'"),
+        call=_variant("bop_multisensor_tiny", _drop_sensor_in_scene_2, sensor="xyz")),
+    bop("sensor_picture_folder_missing", ("rgb_xyz/", "gray_xyz/", "image 0"),
+        call=_variant("bop_multisensor_tiny", lambda r: shutil.rmtree(r / "test/000001/gray_xyz"), sensor="xyz")),
+    bop("gray_tif_missing", ("gray/000005", "tif", "image 5", "field 'gray'"),
+        call=_variant("bop_itodd_tiny", lambda r: (r / S1 / "gray" / "000005.tif").unlink())),
+    bop("camera_model_not_pinhole", ("scene_camera.json", "image 0", "field 'cam_model'"),
+        call=_variant("bop_tless_tiny", _cam_model)),
     # -- pixels -----------------------------------------------------------------------------------------------------
     bop("rgb_truncated", ("000000.png", "test/000001/000000", "field 'file_path'"),
         call=_pixels(_cut("image_path", 0.5))),

@@ -100,30 +100,66 @@ class DoctorReport:
 # ----------------------------------------------------------------------------------------------
 
 
+def _single_json_is_omni3d(path: Path) -> bool:
+    """True when a json looks like Omni3D: an object whose first MiB names ``images`` and, unless the file is
+    longer than that (the key can sit past a long ``images`` list), ``annotations``; not parsed."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+            longer = bool(f.read(1))
+    except OSError:
+        return False
+    return head.lstrip().startswith(b"{") and b'"images"' in head and (longer or b'"annotations"' in head)
+
+
 def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
-    """``(format, path)`` with format ``omni3d`` (path = the json), ``bop`` (the root) or ``lerobot``."""
+    """``(format, path)`` with format ``omni3d`` (path = the json), ``bop`` (the root) or ``lerobot``.
+
+    A folder is a BOP root when it holds ``models*/models_info.json`` or a split folder with scene folders
+    (:func:`posevla.data.formats.bop_layout.bop_splits`); a BOP scene or split folder, or a scene file
+    (``scene_camera[_<sensor>].json``, ``scene_gt*.json``), points at its root. A folder with one json is
+    Omni3D only if that json looks like one (``images`` and ``annotations``): every BOP root has a
+    ``camera[_<sensor>].json``.
+    """
+    from posevla.data.formats.bop_layout import bop_splits, scene_sensors
+
     p = Path(path)
+
+    def is_bop_root(d: Path) -> bool:
+        return d.is_dir() and (any(m.is_dir() and (m / "models_info.json").is_file() for m in d.glob("models*"))
+                               or bool(bop_splits(d)))
+
+    def is_scene(d: Path) -> bool:
+        return d.is_dir() and bool(scene_sensors(d))
+
     if p.is_file() and p.suffix == ".json":
-        if p.name in ("scene_gt.json", "scene_camera.json", "scene_gt_info.json"):
+        if p.name.startswith("scene_") and is_scene(p.parent):  # scene_camera / scene_gt[_info][_<sensor>].json
             return "bop", p.parent.parent.parent
+        if p.name == "models_info.json":
+            root = p.parent.parent if p.parent.name.startswith("models") else p.parent
+            return "bop", root
+        if p.name.startswith("camera") and is_bop_root(p.parent):  # camera[_<sensor>].json of a BOP root
+            return "bop", p.parent
         return "omni3d", p
+    jsons: list[Path] = []
     if p.is_dir():
         if (p / "dataset.json").is_file():
             return "omni3d", p / "dataset.json"
         if (p / "meta" / "info.json").is_file():
             return "lerobot", p
-        from posevla.data.formats.bop import bop_splits
-
-        if bop_splits(p):
+        if is_bop_root(p):
             return "bop", p
-        if (p / "scene_gt.json").is_file():  # a scene folder
+        if is_scene(p):  # a scene folder
             return "bop", p.parent.parent
-        if any((d / "scene_gt.json").is_file() for d in p.iterdir() if d.is_dir()):  # a split folder
+        if any(is_scene(d) for d in p.iterdir() if d.name.isdigit()):  # a split folder
             return "bop", p.parent
         jsons = sorted(p.glob("*.json"))
-        if len(jsons) == 1:
+        if len(jsons) == 1 and _single_json_is_omni3d(jsons[0]):
             return "omni3d", jsons[0]
-    raise DataError("cannot tell the dataset format", file=str(p), field="path",
+    found = f"; jsons here: {', '.join(j.name for j in jsons[:5])}" if jsons else ""
+    raise DataError("cannot tell the dataset format (looked for dataset.json, meta/info.json, "
+                    "models*/models_info.json, <split>/<scene_id>/scene_camera[_<sensor>].json or scene_gt*.json, "
+                    f"a single json with Omni3D's 'images' and 'annotations'{found})", file=str(p), field="path",
                     fix="pass an Omni3D json (or a folder with dataset.json), a BOP dataset root (with "
                     "models/models_info.json and split folders), or a LeRobot v3 folder (meta/info.json)")
 
@@ -158,23 +194,27 @@ def _doctor_omni3d(col: Collector, json_path: Path, kw: dict, stats: dict, read_
 
 
 def _doctor_bop(col: Collector, root: Path, kw: dict, stats: dict, category_names: Any) -> None:
-    from posevla.data.formats.bop import bop_splits, load_bop
+    from posevla.data.formats.bop import bop_sensors, bop_splits, load_bop
 
     splits = bop_splits(root)
-    stats["splits"] = ",".join(splits)
+    parts = []
     scenes: list[Scene] = []
     for split in splits:
-        try:
-            scenes.extend(load_bop(root, split, category_names=category_names))
-        except DataError as e:
-            col.from_error("read", e)
+        sensors = bop_sensors(root, split) or [""]
+        parts.append(split + (f"[{','.join(sensors)}]" if sensors != [""] else ""))
+        for sensor in sensors:  # every sensor of a multi-sensor split
+            try:
+                scenes.extend(load_bop(root, split, sensor=sensor, category_names=category_names))
+            except DataError as e:
+                col.from_error("read", e)
+    stats["splits"] = ",".join(parts)
     info_cache: dict[Path, Any] = {}
 
     def stored(v: View, o: Object3D) -> tuple[np.ndarray, str] | None:
-        # annotation_id = "<split>/<scene>/<im_id>/<k>"; bbox_visib (x, y, w, h) of the visible silhouette
+        # annotation_id = "<split>/<scene>[/<sensor>]/<im_id>/<k>"; bbox_visib (x, y, w, h) of the visible silhouette
         try:
-            split, scene, im, k = str(o.annotation_id).split("/")
-            f = root / split / scene / "scene_gt_info.json"
+            split, scene, *sensor, im, k = str(o.annotation_id).split("/")
+            f = root / split / scene / ("scene_gt_info" + "".join(f"_{s}" for s in sensor) + ".json")
             if f not in info_cache:
                 info_cache[f] = json.loads(f.read_text(encoding="utf-8"))
             rec = info_cache[f][str(int(im))][int(k)]

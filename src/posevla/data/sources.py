@@ -49,7 +49,8 @@ SOURCE_KINDS: dict[str, tuple[Callable[[SourceSpec], Any], bool]] = {
     "generated": (lambda spec: load_omni3d(_omni3d_json(spec.path)), True),
     "omni3d": (lambda spec: load_omni3d(_omni3d_json(spec.path), image_root=spec.image_root,
                                         depth_encoding=spec.depth_encoding), True),
-    "bop": (lambda spec: load_bop(spec.path, spec.split, category_names=spec.category_names), True),
+    "bop": (lambda spec: load_bop(spec.path, spec.split, sensor=spec.sensor, category_names=spec.category_names),
+            True),
     "lerobot": (lambda spec: load_lerobot_v3(spec.path), False),
 }
 SourceKind = Literal[tuple(SOURCE_KINDS)]  # type: ignore[valid-type]
@@ -69,7 +70,8 @@ class SourceSpec:
         weight: sampling weight; ``None`` = ``n ** 0.43`` of the source's size n (same scale).
         pseudo_views: show each stored image as 3 cropped virtual cameras; ``None`` = automatic (BOP, and
             Omni3D whose scenes are all single-view).
-        split: BOP split folder (``test``, ``train_pbr``, ...); one source per split.
+        split: BOP split folder, any name (``test``, ``val``, ``train_pbr``, ``test_primesense``, ...); one
+            source per split; ``None`` = the root's only split (an error lists them when there are several).
         name: label in logs and metrics (default ``<kind>:<folder name>``).
         category_names: BOP obj_id -> name JSON (default: ``<root>/category_names.json`` or built-in).
         horizon: ``lerobot``: waypoints per arm (spec: 5).
@@ -81,13 +83,15 @@ class SourceSpec:
             :data:`posevla.data.formats.omni3d.DEPTH_ENCODINGS`); default: the source's own release.
         cameras: ``lerobot``: a camera calibration json (K, T_world_cam per camera) for datasets that
             record none; needed for stage-2 trajectories, not for post-training.
+        sensor: ``bop``: the sensor of a multi-sensor dataset (IPD, XYZ-IBD, HOT3D: ``scene_gt_<sensor>.json``);
+            default: the only one (an error lists them).
     """
 
     kind: SourceKind
     path: str
     weight: float | None = None
     pseudo_views: bool | None = None
-    split: str = "test"
+    split: str | None = None
     name: str | None = None
     category_names: str | None = None
     horizon: int = 5
@@ -96,6 +100,7 @@ class SourceSpec:
     image_root: str | None = None
     depth_encoding: str | None = None
     cameras: str | None = None
+    sensor: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -106,13 +111,23 @@ class SourceSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"source {self.label}: {f} must be a positive integer, got {v!r}")
-        for f, kinds in (("image_root", ("omni3d",)), ("depth_encoding", ("omni3d",)), ("cameras", ("lerobot",))):
+        for f, kinds in (("image_root", ("omni3d",)), ("depth_encoding", ("omni3d",)), ("cameras", ("lerobot",)),
+                         ("sensor", ("bop",))):
             if getattr(self, f) is not None and self.kind not in kinds:
                 raise ConfigError(f"source {self.label}: {f} applies to {' / '.join(kinds)} sources, not to "
                                   f"{self.kind!r}; drop it from this source")
         if self.depth_encoding is not None and self.depth_encoding not in DEPTH_ENCODINGS:
             raise ConfigError(f"source {self.label}: unknown depth_encoding {self.depth_encoding!r}; valid: "
                               f"{', '.join(DEPTH_ENCODINGS)}")
+        if self.split is not None and (not isinstance(self.split, str) or not self.split.strip()
+                                       or self.split in (".", "..") or any(c in self.split for c in "/\\")):
+            raise ConfigError(f"source {self.label}: split must be a BOP split folder name (e.g. test, train_pbr), "
+                              f"got {self.split!r}")
+        if self.kind != "bop" and self.split == "test":  # the old default, saved in earlier checkpoints' configs
+            object.__setattr__(self, "split", None)
+        if self.split is not None and self.kind != "bop":
+            raise ConfigError(f"source {self.label}: split applies to 'bop' sources, not to {self.kind!r}; "
+                              "drop it from this source")
         if self.kind == "lerobot" and self.pseudo_views:
             raise ConfigError(f"source {self.label}: pseudo views apply to grounding sources, not to 'lerobot'; "
                               "use pseudo_views=None (the default) for robot data")
@@ -125,7 +140,14 @@ class SourceSpec:
         p = Path(self.path)
         # Omni3D keeps one json per source and split in one folder (datasets/Omni3D/KITTI_train.json): name by file
         folder = (p.parent.name if p.name == "dataset.json" else p.stem) if p.suffix == ".json" else p.name
-        return f"{self.kind}:{folder}" + (f"/{self.split}" if self.kind == "bop" else "")
+        split = self.split
+        if self.kind == "bop" and split is None:  # the split load_bop will read: the root's only one, if so
+            from posevla.data.formats.bop import bop_splits
+
+            found = bop_splits(p) if p.is_dir() else []
+            split = found[0] if len(found) == 1 else None
+        part = "/".join(x for x in (split, self.sensor) if x)
+        return f"{self.kind}:{folder}" + (f"/{part}" if self.kind == "bop" and part else "")
 
     @property
     def grounding(self) -> bool:
@@ -202,10 +224,10 @@ def check_sources(specs: Sequence[SourceSpec], *, log: Callable[[str], None] = p
         TrainingError: naming the first source with errors, with the doctor's table.
     """
     reports = []
-    seen: dict[tuple[str, str | None, str], DoctorReport] = {}  # BOP splits of one root share a report
+    seen: dict[tuple[Any, ...], DoctorReport] = {}  # BOP splits of one root share a report
     for spec in specs:
         _require_exists(spec)
-        key = (str(Path(spec.path).resolve()), spec.category_names, spec.kind)
+        key = (str(Path(spec.path).resolve()), spec.category_names, spec.kind, spec.image_root, spec.depth_encoding)
         if key not in seen:
             seen[key] = run_doctor(spec.path, category_names=spec.category_names, label_filter=spec.label_filter(),
                                    image_root=spec.image_root, depth_encoding=spec.depth_encoding)

@@ -4,16 +4,23 @@
 Layout read (BOP toolkit conventions, lengths in millimetres)::
 
     <root>/models/models_info.json        {"<obj_id>": {diameter, min_x, min_y, min_z, size_x, size_y, size_z}}
-                                           (also accepted: <root>/models_info.json, <root>/models_eval/...)
-    <root>/camera.json                    optional: width, height (used instead of reading image headers)
+                                           (also accepted: <root>/models_info.json, <root>/models_<type>/...)
+    <root>/camera[_<type>].json           optional: width, height (the image size when it agrees with the
+                                           scene's first image header; sensor simulation only otherwise)
     <root>/category_names.json            optional: {"<obj_id>": "name"}
-    <root>/<split>/<scene:06d>/
+    <root>/<split>/<scene:06d>/            split: any folder name (test, val, train_pbr, test_primesense, ...)
         scene_camera.json                  {"<im_id>": {cam_K (9, row-major), depth_scale, [cam_R_w2c (9), cam_t_w2c (3)]}}
         scene_gt.json                      {"<im_id>": [{cam_R_m2c (9, row-major), cam_t_m2c (3, mm), obj_id}, ...]}
         scene_gt_info.json                 {"<im_id>": [{bbox_obj, bbox_visib, px_count_all, px_count_valid,
                                                          px_count_visib, visib_fract}, ...]} (same order as scene_gt)
-        rgb/<im_id:06d>.png|.jpg           uint8 RGB
-        depth/<im_id:06d>.png              uint16, millimetres = value * depth_scale (0 = invalid)
+        rgb/<im_id:06d>.png|.jpg|.tif      uint8 RGB (BOP: png; PBR renders / BlenderProc: jpg)
+        gray/<im_id:06d>.png|.tif          8- or 16-bit gray (ITODD: tif), read as 3 equal channels
+        depth/<im_id:06d>.png|.tif         uint16, millimetres = value * depth_scale (0 = invalid; ITODD: tif)
+
+Multi-sensor datasets (IPD, XYZ-IBD, ITODD-MV; HOT3D per image stream) name every scene file by sensor:
+``scene_camera_<sensor>.json``, ``scene_gt_<sensor>.json``, ``scene_gt_info_<sensor>.json``, pictures in
+``rgb_<sensor>/`` or ``gray_<sensor>/`` (HOT3D: ``<stream>/``), depth in ``depth_<sensor>/``; one sensor is read
+at a time (``sensor=``). :mod:`posevla.data.formats.bop_layout` finds splits, sensors and these files.
 
 Mapping to the canonical records (metres, OpenCV camera frame):
 
@@ -28,7 +35,13 @@ Mapping to the canonical records (metres, OpenCV camera frame):
 * ``category`` from an obj_id -> name map (argument, ``category_names.json``, or the built-in map of a
   known dataset such as YCB-V); without any map the name is ``obj_<id:06d>``.
 
-Every image becomes a single-view :class:`Scene` (``scene_id = "<split>/<scene>/<im_id>"``); multi-view
+A gray picture (``gray*/`` folders) sets ``View.gray``: :func:`~posevla.data.formats.omni3d.load_rgb` then
+returns it as three equal channels (16-bit gray by its top byte), the RGB input the model takes. The depth
+scale always comes from each image's ``depth_scale`` in ``scene_camera[_<sensor>].json`` (as the BOP toolkit
+reads it; ``camera.json``'s is for sensor simulation only).
+
+Every image becomes a single-view :class:`Scene` (``scene_id = "<split>/<scene>/<im_id>"``, with per-sensor
+files ``"<split>/<scene>/<sensor>/<im_id>"``); multi-view
 samples come from :mod:`posevla.data.views`. Bad input raises :class:`~posevla.errors.DataError` naming
 the file, the record (image / object index) and the field, with a fix.
 
@@ -48,6 +61,18 @@ from typing import Any
 
 import numpy as np
 
+from posevla.data.formats.bop_layout import (
+    DEPTH_EXTS,
+    IMAGE_EXTS,
+    SceneFiles,
+    bop_sensors,
+    bop_splits,
+    camera_file,
+    index_images,
+    resolve_sensor,
+    resolve_split,
+    scene_files,
+)
 from posevla.data.formats.omni3d import Object3D, Scene, View, load_depth
 from posevla.errors import DataError
 from posevla.geometry import box2d_from_box3d, box_corners, check_K, check_rotation_matrix
@@ -60,6 +85,7 @@ __all__ = [
     "load_models_info",
     "load_category_names",
     "bop_splits",
+    "bop_sensors",
     "load_bop",
     "write_bop",
 ]
@@ -79,7 +105,6 @@ _MM = 1e-3  # metres per millimetre
 _MIN_T_Z_MM = 10.0  # an object centre closer than 1 cm means the translation is not in millimetres
 _MIN_SIZE_MM = 1.0  # a model smaller than 1 mm means the sizes are not in millimetres
 _DEPTH_SCALE_RANGE = (1e-3, 100.0)  # millimetres per depth unit
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -170,13 +195,19 @@ def _number(rec: dict, key: str, file: Path, record: str, *, default: Any = ...,
 
 
 def find_models_info(root: str | os.PathLike) -> Path:
-    """``models_info.json`` of a BOP dataset root (``models/``, the root itself, or ``models_eval/``)."""
+    """``models_info.json`` of a BOP dataset root: ``models/``, the root itself, ``models_eval/``, ``models_cad/``,
+    then any other ``models_<type>/`` (sorted)."""
     root = Path(root)
-    for cand in (root / "models" / "models_info.json", root / "models_info.json",
-                 root / "models_eval" / "models_info.json", root / "models_cad" / "models_info.json"):
+    cands = [root / "models" / "models_info.json", root / "models_info.json",
+             root / "models_eval" / "models_info.json", root / "models_cad" / "models_info.json"]
+    if root.is_dir():
+        cands += sorted(d / "models_info.json" for d in root.iterdir()
+                        if d.is_dir() and d.name.startswith("models_"))
+    for cand in cands:
         if cand.is_file():
             return cand
-    raise DataError("models_info.json not found", file=str(root / "models" / "models_info.json"),
+    raise DataError("models_info.json not found (looked in models/, the root, models_<type>/)",
+                    file=str(root / "models" / "models_info.json"),
                     record="dataset root", field="models_info", fix="put the dataset's models/models_info.json under the dataset root "
                     "(it holds each object's size in mm)")
 
@@ -244,40 +275,33 @@ def load_category_names(
     return out
 
 
-def bop_splits(root: str | os.PathLike) -> list[str]:
-    """The split folders of a BOP root (those holding ``<scene>/scene_gt.json``), sorted."""
-    root = Path(root)
-    out = []
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if d.is_dir() and any((s / "scene_gt.json").is_file() for s in d.iterdir() if s.is_dir()):
-                out.append(d.name)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # reader
 # ----------------------------------------------------------------------------------------------
 
 
-def _image_files(folder: Path) -> dict[int, Path]:
-    out: dict[int, Path] = {}
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.suffix.lower() in _IMAGE_EXTS and p.stem.isdigit():
-                out.setdefault(int(p.stem), p)
-    return out
-
-
-def _image_size(path: Path, file: Path, record: str) -> tuple[int, int]:
+def _image_size(path: Path, file: Path, record: str, field: str = "rgb") -> tuple[int, int]:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             return int(im.size[0]), int(im.size[1])
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image header of {path} ({e})", file=str(file), record=record, field="rgb",
+        raise DataError(f"cannot read image header of {path} ({e})", file=str(file), record=record, field=field,
                         fix="the image is corrupt; re-download or regenerate it") from None
+
+
+def _camera_size(root: Path, split: str, sensor: str) -> tuple[int, int] | None:
+    """(width, height) of the root's camera file for the split / sensor (see ``camera_file``), if it has them."""
+    cam_json = camera_file(root, split, sensor)
+    if cam_json is None:
+        return None
+    cj = _read_json(cam_json, cam_json.name, f"restore {cam_json.name}")
+    if not (isinstance(cj, dict) and "width" in cj and "height" in cj):
+        return None
+    w = _number(cj, "width", cam_json, "camera", lo=1)
+    h = _number(cj, "height", cam_json, "camera", lo=1)
+    return int(w), int(h)
 
 
 def _T_world_cam(cam: dict, file: Path, record: str, atol: float) -> np.ndarray | None:
@@ -293,7 +317,7 @@ def _T_world_cam(cam: dict, file: Path, record: str, atol: float) -> np.ndarray 
 
 
 def _load_scene_dir(
-    scene_dir: Path,
+    files: SceneFiles,
     split: str,
     models: Mapping[int, BopModel],
     names: Mapping[int, str] | None,
@@ -301,12 +325,11 @@ def _load_scene_dir(
     check_files: bool,
     atol: float,
 ) -> list[Scene]:
-    cam_file = scene_dir / "scene_camera.json"
-    gt_file = scene_dir / "scene_gt.json"
-    info_file = scene_dir / "scene_gt_info.json"
-    cams = _read_json(cam_file, "scene_camera.json", "restore the scene's scene_camera.json (BOP format)")
-    gts = _read_json(gt_file, "scene_gt.json", "restore the scene's scene_gt.json (BOP format)")
-    infos = _read_json(info_file, "scene_gt_info.json",
+    scene_dir, sensor = files.scene_dir, files.sensor
+    cam_file, gt_file, info_file = files.camera, files.gt, files.gt_info
+    cams = _read_json(cam_file, cam_file.name, f"restore the scene's {cam_file.name} (BOP format)")
+    gts = _read_json(gt_file, gt_file.name, f"restore the scene's {gt_file.name} (BOP format)")
+    infos = _read_json(info_file, info_file.name,
                        "compute it with the BOP toolkit (scripts/calc_gt_info.py) or restore it")
     for data, f in ((cams, cam_file), (gts, gt_file), (infos, info_file)):
         if not isinstance(data, dict):
@@ -322,9 +345,15 @@ def _load_scene_dir(
         if im_id not in cam_ids:
             raise DataError(f"image {im_id} has ground truth but no camera", file=str(gt_file), record=f"image {key}",
                             field="im_id", fix="add the image's cam_K to scene_camera.json or drop its ground truth")
-    rgb_files = _image_files(scene_dir / "rgb")
-    depth_files = _image_files(scene_dir / "depth")
+    pic_field = files.modality  # "rgb" or "gray"
+    rgb_files = index_images(files.image_dir, IMAGE_EXTS)
+    depth_files = index_images(files.depth_dir, DEPTH_EXTS)
+    if default_size is not None and rgb_files:  # camera.json is for sensor simulation: trust it if it agrees
+        first = rgb_files[min(rgb_files)]
+        if _image_size(first, cam_file, f"image {min(rgb_files)}", pic_field) != default_size:
+            default_size = None  # e.g. T-LESS train_primesense (400x400) under camera_primesense.json (720x540)
     scene_name = scene_dir.name
+    prefix = f"{split}/{scene_name}/{sensor}" if sensor else f"{split}/{scene_name}"
     out: list[Scene] = []
     for im_id in sorted(cam_ids):
         key = cam_ids[im_id]
@@ -333,14 +362,23 @@ def _load_scene_dir(
         if not isinstance(cam, dict):
             raise DataError("camera record must be a json object", file=str(cam_file), record=record, field="cam_K",
                             fix="store cam_K, depth_scale per image")
+        if "cam_K" not in cam and "cam_model" in cam:
+            raise DataError("the camera is a 'cam_model' (BOP24 non-pinhole, e.g. HOT3D fisheye); only pinhole "
+                            "cam_K is supported", file=str(cam_file), record=record, field="cam_model",
+                            fix="use a pinhole sensor / stream of the dataset, or undistort the images to a cam_K")
         K = _numbers(cam, "cam_K", 9, cam_file, record).reshape(3, 3)
         rgb_path = rgb_files.get(im_id)
         if rgb_path is None:
             if check_files or default_size is None:
-                raise DataError(f"no rgb/{im_id:06d}.png or .jpg for image {im_id}", file=str(scene_dir / "rgb"),
-                                record=record, field="rgb", fix="restore the image or drop its records")
-            rgb_path = scene_dir / "rgb" / f"{im_id:06d}.png"
-        width, height = default_size if default_size is not None else _image_size(rgb_path, cam_file, record)
+                exts = "|".join(e.lstrip(".") for e in IMAGE_EXTS)
+                looked = (f"{files.image_dir.name}/{im_id:06d}.{{{exts}}}" if files.image_dir is not None else
+                          f"a folder {' or '.join(d.name + '/' for d in files.image_dirs)}")
+                raise DataError(f"no picture of image {im_id}: looked for {looked}",
+                                file=str(files.image_dir or files.image_dirs[0]), record=record, field=pic_field,
+                                fix="restore the image or drop its records")
+            rgb_path = (files.image_dir or files.image_dirs[0]) / f"{im_id:06d}.png"
+        width, height = (default_size if default_size is not None
+                         else _image_size(rgb_path, cam_file, record, pic_field))
         check_K(K, width, height, file=str(cam_file), record=record, field="cam_K")
         depth_path = depth_files.get(im_id)
         depth_scale = None
@@ -348,8 +386,9 @@ def _load_scene_dir(
             depth_scale = _number(cam, "depth_scale", cam_file, record, lo=_DEPTH_SCALE_RANGE[0],
                                   hi=_DEPTH_SCALE_RANGE[1], unit=" mm per depth unit") * _MM
         T = _T_world_cam(cam, cam_file, record, atol)
-        sid = f"{split}/{scene_name}/{im_id:06d}"
-        view = View(rgb_path, depth_path, K, width, height, T, [], split, sid, depth_scale)
+        sid = f"{prefix}/{im_id:06d}"
+        view = View(rgb_path, depth_path, K, width, height, T, [], f"{split}/{sensor}" if sensor else split, sid,
+                    depth_scale, gray=pic_field == "gray")
 
         gt_list = gts.get(gt_ids[im_id], []) if im_id in gt_ids else []
         if not isinstance(gt_list, list):
@@ -412,52 +451,53 @@ def _load_scene_dir(
 
 def load_bop(
     root: str | os.PathLike,
-    split: str = "test",
+    split: str | None = None,
     *,
+    sensor: str | None = None,
     category_names: Mapping[int | str, str] | str | os.PathLike | None = None,
     scene_ids: Sequence[int] | None = None,
     check_files: bool = True,
     rotation_atol: float = 1e-4,
 ) -> list[Scene]:
-    """Read one split of a BOP dataset into single-view scenes (pixels stay on disk).
+    """Read one split (and one sensor) of a BOP dataset into single-view scenes (pixels stay on disk).
 
     Args:
         root: dataset root (holding ``models/models_info.json`` and the split folders).
-        split: split folder, e.g. ``"test"`` or ``"train_pbr"``.
+        split: split folder, any name: ``"test"``, ``"val"``, ``"train_pbr"``, ``"test_primesense"``, ...;
+            default: the root's only split (a DataError lists the splits when there are several; no split
+            is assumed).
+        sensor: the file-name suffix of multi-sensor datasets (IPD ``photoneo`` / ``cam1``..``cam3``, XYZ-IBD
+            ``xyz`` / ``photoneo`` / ``realsense``, HOT3D ``rgb`` / ``gray1`` / ``gray2``): reads
+            ``scene_camera_<sensor>.json`` etc.; ``""`` = the classic names. Default: the only sensor of the
+            scenes read (a DataError lists them when there are several; none is assumed).
         category_names: obj_id -> name map or JSON file (see :func:`load_category_names`).
         scene_ids: read only these scenes (default: all, sorted).
-        check_files: require every image file to exist (image sizes then come from the files'
-            headers unless ``camera.json`` gives them).
+        check_files: require every image file to exist (image sizes then come from the files' headers, or from
+            ``camera[_<sensor>].json`` where it agrees with each scene's first image).
         rotation_atol: tolerance of the orthonormality check of rotations.
     """
     root = Path(root)
-    split_dir = root / split
     if not root.is_dir():
         raise DataError("BOP dataset root not found", file=str(root), record="dataset root", field="root",
                         fix="pass the folder that holds models/models_info.json and the split folders (test, ...)")
-    if not split_dir.is_dir():
-        raise DataError(f"split folder '{split}' not found (splits here: {bop_splits(root)})", file=str(split_dir),
-                        record="dataset root", field="split", fix="pass an existing split, e.g. test or train_pbr")
+    split = resolve_split(root, split)
+    split_dir = root / split
     models = load_models_info(find_models_info(root))
     names = load_category_names(category_names, root)
-    default_size = None
-    cam_json = root / "camera.json"
-    if cam_json.is_file():
-        cj = _read_json(cam_json, "camera.json", "restore camera.json")
-        if isinstance(cj, dict) and "width" in cj and "height" in cj:
-            w = _number(cj, "width", cam_json, "camera", lo=1)
-            h = _number(cj, "height", cam_json, "camera", lo=1)
-            default_size = (int(w), int(h))
     dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and d.name.isdigit())
     if scene_ids is not None:
         wanted = {int(s) for s in scene_ids}
         dirs = [d for d in dirs if int(d.name) in wanted]
     if not dirs:
-        raise DataError("no scene folders (<scene_id:06d>/scene_gt.json) in the split", file=str(split_dir),
-                        record=f"split {split}", field="scene_id", fix="check the dataset root and split name")
+        raise DataError("no scene folders (<scene_id:06d>/scene_gt[_<sensor>].json) in the split",
+                        file=str(split_dir), record=f"split {split}", field="scene_id",
+                        fix="check the dataset root, the split name and scene_ids")
+    sensor = resolve_sensor(root, split, sensor, dirs)
+    default_size = _camera_size(root, split, sensor)
     scenes: list[Scene] = []
     for d in dirs:
-        scenes.extend(_load_scene_dir(d, split, models, names, default_size, check_files, rotation_atol))
+        scenes.extend(_load_scene_dir(scene_files(d, sensor), split, models, names, default_size, check_files,
+                                      rotation_atol))
     return scenes
 
 
