@@ -1,8 +1,10 @@
 """LeRobot v3 datasets with a bad file, column, value or pixel, and bad episodes handed to our writer: a DataError
 naming the file (relative to the root), the field (feature) and the record (episode, frame).
 
-Two bases: three episodes of a moving camera written by our writer (`make_episodes`, `Workspace.lerobot`), and
-the fixture written by LeRobot's own ``LeRobotDataset`` (fixtures/lerobot_v3_tiny, make_lerobot_v3_tiny.py).
+Bases: three episodes of a moving camera written by our writer (`make_episodes`, `Workspace.lerobot`); the
+fixture written with pyarrow / PIL in LeRobot's layout (fixtures/lerobot_v3_tiny, make_lerobot_v3_tiny.py); and
+the two datasets written by the real ``lerobot`` library (fixtures/lerobot_real_images, lerobot_real_video:
+make_lerobot_real_fixtures.py; PNG frames and AV1 videos, no camera file).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import InCase, api, case
-from .workspace import LEROBOT_FIXTURE
+from .workspace import FIXTURES, LEROBOT_FIXTURE
 
 lerobot = partial(case, "lerobot")
 
@@ -30,6 +32,9 @@ INFO, STATS, CAMS, TASKS = "meta/info.json", "meta/stats.json", "meta/cameras.js
 IMG0 = "images/observation.images.front/episode-000000/frame-000002.png"
 DEPTH0 = "images/observation.depth.front/episode-000000/frame-000000.png"
 EPISODE_SPECS = [(5, "pick up the cube"), (4, "open the door"), (3, "pick up the cube")]
+REAL = {"real_images": FIXTURES / "lerobot_real_images", "real_video": FIXTURES / "lerobot_real_video"}
+VIDEO = "videos/observation.images.front/chunk-000/file-000.mp4"
+KEY_FRONT = "observation.images.front"
 
 
 def _rot_z(a: float) -> np.ndarray:
@@ -183,7 +188,7 @@ def _dataset(what: str, mutate, file: str, field: str | None, record: str | None
     def call(ws, tmp):
         from posevla.data.formats.lerobot import load_lerobot_v3
 
-        root = ws.copy(ws.lerobot if base == "ours" else LEROBOT_FIXTURE, tmp / "ds")
+        root = ws.copy(ws.lerobot if base == "ours" else REAL.get(base, LEROBOT_FIXTURE), tmp / "ds")
         mutate(root)
         ds = load_lerobot_v3(root)
         if episodes:
@@ -192,7 +197,59 @@ def _dataset(what: str, mutate, file: str, field: str | None, record: str | None
         if pixels:
             ds.frame_images(0, 0, keys=[pixels])
 
-    return lerobot(what if base == "ours" else f"lerobot_tool/{what}", names, call=call)
+    return lerobot(what if base == "ours" else f"lerobot_{'tool' if base == 'tool' else base}/{what}", names,
+                   call=call)
+
+
+def _garble(rel: str):
+    """Overwrite the file with bytes that are no video."""
+    return lambda root: (root / rel).write_bytes(np.random.default_rng(0).integers(0, 256, 1500, np.uint8).tobytes())
+
+
+def _shorten_video(rel: str, keep: int):
+    """Re-encode the video with only its first `keep` frames (same size, rate and codec family)."""
+    def mutate(root: Path) -> None:
+        import av
+
+        p = root / rel
+        with av.open(str(p)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][:keep]
+        with av.open(str(p), "w") as out:
+            s = out.add_stream("mpeg4", rate=10)
+            s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+            for a in frames:
+                for pkt in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                    out.mux(pkt)
+            for pkt in s.encode():
+                out.mux(pkt)
+
+    return mutate
+
+
+def _stage2_without_calibration(ws, tmp) -> None:
+    """A LeRobot-written dataset (no camera file, no per-frame K) used as a stage-2 source."""
+    from posevla.data.sources import SourceSpec, load_source, source_labels
+
+    root = ws.copy(REAL["real_video"], tmp / "ds")
+    source_labels(load_source(SourceSpec("lerobot", str(root))))
+
+
+def _stage2_calibration_file_missing(ws, tmp) -> None:
+    from posevla.data.sources import SourceSpec, load_source
+
+    root = ws.copy(REAL["real_video"], tmp / "ds")
+    load_source(SourceSpec("lerobot", str(root), cameras=str(tmp / "calibration.json")))
+
+
+def _posttrain_auto_space_without_actions(ws, tmp) -> None:
+    """`--action.space auto` on a dataset with neither an EE pose nor an `action` / `observation.state` pair (its
+    `action` feature dropped)."""
+    from posevla.data.action_space import ActionConfig
+    from posevla.data.formats.lerobot import load_lerobot_v3
+
+    root = ws.copy(REAL["real_images"], tmp / "ds")
+    _edit_json(INFO, lambda d: d["features"].pop("action"))(root)
+    ActionConfig().resolve(load_lerobot_v3(root).features, source=str(root / INFO))
 
 
 # -- bad episodes handed to the writer ---------------------------------------------------------------------------
@@ -306,8 +363,9 @@ CASES = [
              base="tool"),
     _dataset("fps_zero", _edit_json(INFO, lambda d: d.update(fps=0)), INFO, "fps", base="tool"),
     _dataset("features_missing", _edit_json(INFO, lambda d: d.pop("features")), INFO, "features", base="tool"),
-    _dataset("video_feature", _edit_json(INFO, lambda d: d["features"]["observation.images.head"].update(
-        dtype="video")), INFO, "observation.images.head", base="tool", pixels="observation.images.head"),
+    _dataset("video_feature_without_video_columns", _edit_json(INFO, lambda d: d["features"][
+        "observation.images.head"].update(dtype="video")), EPISODES, "videos/observation.images.head/chunk_index",
+        base="tool"),
     _dataset("data_file_missing", _unlink(DATA), DATA, None, base="tool"),
     _dataset("tasks_missing", _unlink(TASKS), TASKS, None, base="tool"),
     _dataset("episodes_missing", _unlink(EPISODES), "meta/episodes", None, base="tool"),
@@ -318,12 +376,33 @@ CASES = [
     _dataset("depth_png_8_bit",
              _grayscale_png("images/observation.depth.head/episode-000000/frame-000001.png", (32, 24)),
              "frame-000001.png", "observation.depth.head", "episode 0 frame 1", base="tool", episodes=True),
-    _dataset("cameras_json_missing", _unlink(CAMS), CAMS, "camera_config", base="tool"),
+    lerobot("lerobot_tool/cameras_json_given_but_missing", ("nope.json", "field 'camera_config'"),
+            call=api("posevla.data.formats.lerobot:load_lerobot_v3", str(LEROBOT_FIXTURE),
+                     camera_config=InCase("nope.json"))),
     _dataset("camera_K_nan", _edit_json(CAMS, lambda d: d["K"]["head"][0].__setitem__(0, float("nan"))), CAMS, "K",
              base="tool"),
     _dataset("camera_T_reflection", _edit_json(CAMS, lambda d: d["T_world_cam"]["head"][0].__setitem__(0, -1.0)),
              CAMS, "T_world_cam[head]", base="tool"),
     _dataset("timestamp_column_missing", _drop_column("timestamp"), DATA, "timestamp", base="tool"),
+    # -- the datasets the real lerobot library wrote (PNG frames; AV1 videos) ------------------------------------
+    _dataset("video_missing", _unlink(VIDEO), VIDEO, KEY_FRONT, "episode 0", base="real_video"),
+    _dataset("video_truncated", _truncate(VIDEO, 0.6), VIDEO, KEY_FRONT, "episode 0 frame 4", base="real_video"),
+    _dataset("video_not_a_video", _garble(VIDEO), VIDEO, KEY_FRONT, "episode 0", base="real_video"),
+    _dataset("video_shorter_than_episode", _shorten_video(VIDEO, 7), VIDEO, KEY_FRONT, "episode 1 frame 3",
+             base="real_video"),
+    _dataset("video_segment_ends_early", _edit_column(EPISODES, f"videos/{KEY_FRONT}/to_timestamp", _set(1, 0.7)),
+             EPISODES, f"videos/{KEY_FRONT}/to_timestamp", "episode 1 frame 3", base="real_video"),
+    _dataset("video_path_template_bad", _edit_json(INFO, lambda d: d.update(video_path="videos/{camera}.mp4")), INFO,
+             "video_path", base="real_video"),
+    _dataset("tasks_without_text", _drop_column("__index_level_0__", TASKS), TASKS, "task", base="real_images"),
+    lerobot("lerobot_real_video/stage2_without_calibration",
+            (INFO, "field 'observation.cameras.front.K'", "record camera front", "meta/cameras.json",
+             "observation.cameras.front.T_world_cam", "--data.sources.N.cameras"),
+            call=_stage2_without_calibration),
+    lerobot("lerobot_real_video/stage2_calibration_file_missing", ("calibration.json", "field 'camera_config'"),
+            call=_stage2_calibration_file_missing),
+    lerobot("lerobot_real_images/auto_action_space_fits_nothing", (INFO, "field 'action.space'", "--action.space"),
+            call=_posttrain_auto_space_without_actions),
     # -- the writer ----------------------------------------------------------------------------------------------
     _writer("depth_in_millimetres", 1, KEY_DEPTH, lambda a: a * 1000, "episode 1 frame 0"),
     _writer("depth_negative", 0, KEY_DEPTH, _set((2, 0, 0), -0.5), "episode 0 frame 2"),

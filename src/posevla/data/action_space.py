@@ -1,6 +1,9 @@
 """Action spaces of post-training: what the action expert predicts, as vectors of an episode's features.
 
-* **Action spaces** (``ActionConfig.space``):
+* **Action spaces** (``ActionConfig.space``; the default ``"auto"`` picks one from the dataset's features,
+  :meth:`ActionConfig.resolve`: ``"ee_pose"`` when the EE pose features are there, else ``"joints"`` on the
+  recorded ``action`` vector with ``observation.state`` as the state -- what LeRobot robots such as the SO-100
+  record -- else a DataError naming the flags to pass):
 
   - ``"ee_pose"``: absolute end-effector pose in the dataset's world (robot base) frame, per arm
     ``[x, y, z, R00, R10, R20, R01, R11, R21, gripper…]`` = position (metres), the **6D rotation** (first
@@ -27,7 +30,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -51,7 +54,8 @@ class ActionConfig:
     """What the action expert predicts and how examples are cut from episodes (module docstring).
 
     Attributes:
-        space: ``"ee_pose"`` (absolute EE pose, 6D rotation, + gripper) or ``"joints"``.
+        space: ``"ee_pose"`` (absolute EE pose, 6D rotation, + gripper), ``"joints"``, or ``"auto"`` (the
+            default: one of the two from the dataset's features, see :meth:`resolve`).
         chunk_size: H, actions per chunk (spec: 16 for RoboTwin post-training).
         stride: frames between consecutive actions of a chunk (RoboTwin: 3).
         ee_keys: end-effector pose features, one per arm (``"ee_pose"`` space).
@@ -68,7 +72,7 @@ class ActionConfig:
             plan the VLM decodes when a :class:`~posevla.policy.Policy` is asked for ``return_poses``.
     """
 
-    space: Literal["ee_pose", "joints"] = "ee_pose"
+    space: Literal["auto", "ee_pose", "joints"] = "auto"
     chunk_size: int = 16
     stride: int = 1
     ee_keys: tuple[str, ...] = (EE_POSE_KEY,)
@@ -83,13 +87,13 @@ class ActionConfig:
     plan_horizon: int = 5
 
     def __post_init__(self) -> None:
-        if self.space not in ("ee_pose", "joints"):
-            raise ConfigError(f"--action.space {self.space!r} is unknown; use 'ee_pose' or 'joints'")
+        if self.space not in ("auto", "ee_pose", "joints"):
+            raise ConfigError(f"--action.space {self.space!r} is unknown; use 'auto', 'ee_pose' or 'joints'")
         for name in ("chunk_size", "stride", "plan_horizon"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"--action.{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
-        if self.space == "ee_pose":
+        if self.space in ("ee_pose", "auto"):
             if not self.ee_keys:
                 raise ConfigError("--action.ee-keys is empty; name the ee-pose feature of each arm")
             if self.gripper_keys and len(self.gripper_keys) != len(self.ee_keys):
@@ -117,9 +121,41 @@ class ActionConfig:
         return cls(**d)
 
     # -- derived -------------------------------------------------------------------------------
+    def resolve(self, features: Collection[str], *, source: str | None = None) -> ActionConfig:
+        """The config with ``space="auto"`` made concrete for a dataset with these feature keys.
+
+        ``"ee_pose"`` when every ``ee_keys`` feature is present (without gripper dims when none of
+        ``gripper_keys`` is recorded); else ``"joints"`` on ``joint_key`` when it is
+        present, or on the recorded ``action`` vector (state: ``observation.state``, or ``state_key``); else a
+        DataError that names the flags. A concrete space is returned unchanged.
+        """
+        if self.space != "auto":
+            return self
+        keys = set(features)
+        if all(k in keys for k in self.ee_keys):  # grippers where recorded (none recorded: no gripper dims)
+            grip = () if not any(k in keys for k in self.gripper_keys) else self.gripper_keys
+            return dataclasses.replace(self, space="ee_pose", gripper_keys=grip)
+        joint = self.joint_key if self.joint_key in keys or "action" not in keys else "action"
+        state = self.state_key or (joint if _is_observed(joint) else "observation.state")
+        if joint in keys and state in keys:
+            return dataclasses.replace(self, space="joints", joint_key=joint)
+        index = {"index", "episode_index", "frame_index", "timestamp", "task_index"}
+        vectors = sorted(k for k in keys - index if not k.startswith((IMAGE_PREFIX, DEPTH_PREFIX, "observation.cameras.")))
+        raise DataError(
+            f"cannot pick an action space: no end-effector pose {list(self.ee_keys)} and no joint action "
+            f"'{joint}' with state '{state}' (vector features: {vectors[:12]})",
+            file=source,
+            field="action.space",
+            fix="pass --action.space joints --action.joint-key KEY (the commanded or observed vector to predict) "
+            "--action.state-key KEY (the state vector), or --action.space ee_pose --action.ee-keys KEY (xyz + "
+            "quaternion wxyz)",
+        )
+
     @property
     def resolved_state_key(self) -> str | None:
         """The state feature of the ``"joints"`` space (None: the ``"ee_pose"`` vector is the state)."""
+        if self.space == "auto":
+            raise ConfigError("ActionConfig.space 'auto' is resolved on a dataset first (ActionConfig.resolve)")
         if self.state_key is not None:
             return self.state_key
         if self.space == "ee_pose":
@@ -151,12 +187,17 @@ def _arm_label(key: str, i: int, n: int) -> str:
 def _require(features: Mapping[str, Any], key: str, record: str, what: str) -> np.ndarray:
     if key not in features:
         have = sorted(k for k in features if not k.startswith((IMAGE_PREFIX, DEPTH_PREFIX)))
+        fix = ("add the feature, or pass flags naming features the data has: --action.space joints "
+               "--action.joint-key KEY --action.state-key KEY, or --action.ee-keys / --action.gripper-keys "
+               "(--action.gripper-keys with no value: no gripper dims)")
+        if "ee_pose" in what and "action" in have and "observation.state" in have:
+            fix = ("the data records joint space ('action', 'observation.state') and no end-effector pose: pass "
+                   "--action.space joints --action.joint-key action (or --action.space auto); " + fix)
         raise DataError(
             f"{what} needs feature '{key}', which is missing (have {have[:12]})",
             record=record,
             field=key,
-            fix="add the feature, or change ActionConfig (space / ee_keys / gripper_keys / joint_key / "
-            "state_key) to features the data has",
+            fix=fix,
         )
     arr = np.asarray(features[key])
     if arr.dtype.kind not in "biuf":
@@ -218,6 +259,15 @@ def _ee_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str) -> 
     return np.concatenate(parts, axis=-1)
 
 
+def _concrete(cfg: ActionConfig, features: Mapping[str, Any]) -> ActionConfig:
+    """`cfg` resolved on `features`; an ``"auto"`` that fits nothing reads as ``"ee_pose"``, so the error names the
+    missing EE pose key (a dataset is resolved up front by :meth:`ActionConfig.resolve`, which names the flags)."""
+    try:
+        return cfg.resolve(features)
+    except DataError:
+        return dataclasses.replace(cfg, space="ee_pose")
+
+
 def _feature_vectors(features: Mapping[str, Any], key: str, record: str, what: str) -> np.ndarray:
     arr = _require(features, key, record, what)
     return arr[:, None] if arr.ndim == 1 else arr.reshape(arr.shape[0], -1)
@@ -225,6 +275,7 @@ def _feature_vectors(features: Mapping[str, Any], key: str, record: str, what: s
 
 def action_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str = "episode") -> np.ndarray:
     """Per-frame action-space vectors (T, Da) of an episode's features (leading dim T), unnormalised."""
+    cfg = _concrete(cfg, features)
     if cfg.space == "ee_pose":
         return _ee_vectors(features, cfg, record)
     return _feature_vectors(features, cfg.joint_key, record, "the 'joints' action space")
@@ -232,7 +283,7 @@ def action_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str =
 
 def state_vectors(features: Mapping[str, Any], cfg: ActionConfig, record: str = "episode") -> np.ndarray:
     """Per-frame state vectors (T, Ds) of features with leading dim T, unnormalised."""
-    key = cfg.resolved_state_key
+    key = _concrete(cfg, features).resolved_state_key
     if key is None:
         return _ee_vectors(features, cfg, record)
     return _feature_vectors(features, key, record, "the state")
@@ -261,6 +312,7 @@ def _vector_names(key: str, width: int) -> list[str]:
 
 def action_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
     """Names of the action dims (e.g. ``x … R21 gripper`` or ``action[0] …``)."""
+    cfg = _concrete(cfg, features)
     if cfg.space == "ee_pose":
         return _ee_names(features, cfg)
     return _vector_names(cfg.joint_key, action_vectors(features, cfg).shape[-1])
@@ -268,6 +320,7 @@ def action_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
 
 def state_names(features: Mapping[str, Any], cfg: ActionConfig) -> list[str]:
     """Names of the state dims."""
+    cfg = _concrete(cfg, features)
     key = cfg.resolved_state_key
     if key is None:
         return _ee_names(features, cfg)
@@ -288,4 +341,7 @@ def chunk_indices(
 
 
 def actions_are_observed(cfg: ActionConfig) -> bool:
+    """True when the actions are observed targets (read one stride ahead); `cfg` is resolved."""
+    if cfg.space == "auto":
+        raise ConfigError("ActionConfig.space 'auto' is resolved on a dataset first (ActionConfig.resolve)")
     return True if cfg.space == "ee_pose" else _is_observed(cfg.joint_key)

@@ -13,7 +13,13 @@ One example is a frame ``t`` of a LeRobot v3 episode (:class:`~posevla.data.form
   ``observation.joints``, ``observation.state``, ``task``). Training (:meth:`ActionDataset.observation`) and
   serving (:class:`posevla.policy.Policy`) both go through :func:`observation_inputs`, so there is no
   train/serve skew in the views, the prompt or the state.
-* **Action spaces, chunks and state**: :mod:`posevla.data.action_space` (``ActionConfig``).
+* **Action spaces, chunks and state**: :mod:`posevla.data.action_space` (``ActionConfig``; its default space
+  ``"auto"`` is resolved on the dataset by :class:`ActionDataset`, and the resolved config is what a
+  checkpoint stores).
+* **No calibration needed**: a camera without any ``K`` (LeRobot datasets record none) gets the nominal
+  pinhole :func:`nominal_K` of its image size as a static K of the camera config the checkpoint stores, so
+  training and serving build the same views (the ray prior then describes that nominal camera, not the real
+  one). Only stage-2 trajectories need real calibration.
 * **Normalisation**: z-score with :class:`NormStats` (mean / std per dim over every frame of the dataset),
   saved in the checkpoint as ``norm_stats.json``. A dim with std < ``std_eps`` raises :class:`DataError`
   unless it matches a ``constant_dims`` pattern (then its std is stored as 1: the value is only centred).
@@ -92,6 +98,24 @@ class ActionExample(ActionInputs):
     action_is_pad: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), bool))  # (H,)
     episode_index: int = -1
     frame_index: int = -1
+
+
+def nominal_K(width: int, height: int) -> np.ndarray:
+    """(3, 3) pinhole intrinsics for an uncalibrated camera: focal length max(W, H) px (about 53° across the
+    longer side), principal point at the image centre (pixel centres at integer coordinates)."""
+    f = float(max(width, height))
+    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def with_nominal_K(dataset: LeRobotV3Dataset, cams: Sequence[str]) -> CameraConfig:
+    """The dataset's camera config with :func:`nominal_K` as the static K of every camera of `cams` that has
+    no K at all (neither a per-frame feature nor a static one)."""
+    cfg = dataset.camera_config
+    K = dict(cfg.K)
+    for cam in cams:
+        if dataset.calibration(cam)["K"] is None:
+            K[cam] = nominal_K(*dataset.image_size(cam))
+    return cfg if K == dict(cfg.K) else dataclasses.replace(cfg, K=K)
 
 
 def camera_K(obs: Mapping[str, Any], cam: str, camera_config: CameraConfig | None, record: str) -> np.ndarray:
@@ -288,6 +312,7 @@ class ActionDataset:
         stats: Mapping[str, NormStats] | None = None,
     ) -> None:
         self.dataset = dataset
+        cfg = cfg.resolve(dataset.features, source=str(dataset.root / "meta" / "info.json"))
         self.cfg = cfg
         self.spec = spec
         cams = list(cfg.cameras if cfg.cameras is not None else dataset.camera_config.cameras)
@@ -295,6 +320,7 @@ class ActionDataset:
             dataset.image_size(cam)  # raises DataError naming a camera without images
         self.cameras = cams
         self.image_sizes = {cam: dataset.image_size(cam) for cam in cams}
+        self.camera_config = with_nominal_K(dataset, cams)  # what the views and the checkpoint use
         self.episodes = [dataset.episode(e, images=False).features for e in range(dataset.num_episodes)]
         src = str(dataset.root)
         self.stats = dict(stats) if stats is not None else compute_norm_stats(self.episodes, cfg, source=src)
@@ -352,7 +378,7 @@ class ActionDataset:
             cameras=self.cameras,
             image_size=self.spec.image_size,
             num_views=self.spec.num_views,
-            camera_config=self.dataset.camera_config,
+            camera_config=self.camera_config,
             image_sizes=self.image_sizes,
             record=rec,
         )
@@ -375,7 +401,7 @@ class ActionDataset:
         return {
             "cameras": list(self.cameras),
             "image_sizes": {c: list(s) for c, s in self.image_sizes.items()},
-            "camera_config": self.dataset.camera_config.to_dict(),
+            "camera_config": self.camera_config.to_dict(),
             "action_names": list(self.stats["actions"].names),
             "state_names": list(self.stats["state"].names),
             "action_dim": self.action_dim,

@@ -224,6 +224,7 @@ class TrajectoryDataset:
         self.use_depth = use_depth
         self.categories: list[str] = []
         cams = list(self.config.cameras if self.config.cameras is not None else dataset.camera_config.cameras)
+        dataset.require_calibration(cams[: spec.num_views], "stage-2 trajectories")  # K, T_world_cam per view
         readable = set(dataset.pixel_keys())
         self._keys = [k for c in cams[: spec.num_views] for k in (IMAGE_PREFIX + c, DEPTH_PREFIX + c)
                       if k in readable and (use_depth or k.startswith(IMAGE_PREFIX))]

@@ -51,7 +51,7 @@ SOURCE_KINDS: dict[str, tuple[Callable[[SourceSpec], Any], bool]] = {
                                         depth_encoding=spec.depth_encoding), True),
     "bop": (lambda spec: load_bop(spec.path, spec.split, sensor=spec.sensor, category_names=spec.category_names),
             True),
-    "lerobot": (lambda spec: load_lerobot_v3(spec.path), False),
+    "lerobot": (lambda spec: load_lerobot_v3(spec.path, camera_config=spec.cameras), False),
 }
 SourceKind = Literal[tuple(SOURCE_KINDS)]  # type: ignore[valid-type]
 GROUNDING_KINDS: tuple[str, ...] = tuple(k for k, (_, grounding) in SOURCE_KINDS.items() if grounding)

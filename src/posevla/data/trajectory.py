@@ -304,6 +304,7 @@ def iter_waypoint_translations(
     cfg = config or TrajectoryConfig()
     cc = dataset.camera_config
     cams = list(cfg.cameras if cfg.cameras is not None else cc.cameras)
+    dataset.require_calibration(cams, "stage-2 waypoints")  # a DataError naming the three ways to calibrate
     T_ee_tcp = cc.T_ee_tcp()
     for e in range(dataset.num_episodes):
         ep = dataset.episode(e, images=False)

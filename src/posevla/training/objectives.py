@@ -20,6 +20,7 @@ post-training from a VLM checkpoint, a fresh expert of the run's size); a new ru
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,15 @@ class ActionObjective(Objective):
                 "'actions') reads robot episodes: pass a LeRobot v3 dataset (a folder with meta/info.json, e.g. from "
                 "`posevla metaworld-demos`); grounding data trains stage 1 (`posevla train stage1-tiny`)"
             )
-        with given_as("--data.train-data"):
-            self.robot = load_lerobot_v3(path)
+        cameras = self.cfg.data.cameras
+        with given_as("--data.cameras" if cameras is not None and not Path(cameras).is_file() else "--data.train-data"):
+            self.robot = load_lerobot_v3(path, camera_config=cameras)
+        action = self.cfg.action.resolve(self.robot.features, source=str(path / "meta" / "info.json"))
+        if action != self.cfg.action:  # `--action.space auto`: the checkpoint stores the space it resolved to
+            self.log(f"[posevla] action space: {action.space}"
+                     + (f" on '{action.joint_key}', state '{action.resolved_state_key}'" if action.space == "joints"
+                        else f" on {list(action.ee_keys)}") + f" (auto, from the features of {path})")
+            self.cfg = dataclasses.replace(self.cfg, action=action)
 
     def new_bins(self) -> BinSpec:
         # Without pose pre-training the pose tokens are never trained: uniform bins only fix the vocabulary.

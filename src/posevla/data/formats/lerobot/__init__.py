@@ -2,9 +2,10 @@
 
 Split the way LeRobot's own dataset code is: :mod:`.schema` (the layout, feature kinds, :class:`Episode`,
 arrow encoding), :mod:`.cameras` (``meta/cameras.json``), :mod:`.checks` (value checks shared by writer and
-reader), :mod:`.png` (frames), :mod:`.write` (:func:`write_lerobot_v3`), :mod:`.meta` (the ``meta/`` files)
-and :mod:`.read` (:func:`load_lerobot_v3`, :class:`LeRobotV3Dataset`). The layout itself is described in
-:mod:`.schema`.
+reader), :mod:`.png` (frames), :mod:`.video` (MP4 video features, PyAV), :mod:`.write` (:func:`write_lerobot_v3`),
+:mod:`.meta` (the ``meta/`` files) and :mod:`.read` (:func:`load_lerobot_v3`, :class:`LeRobotV3Dataset`). The
+layout itself is described in :mod:`.schema`; datasets written by LeRobot itself (PNG or video, no camera file,
+either task-table layout) load as they are.
 """
 
 from posevla.data.formats.lerobot.cameras import CameraConfig

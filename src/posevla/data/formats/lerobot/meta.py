@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from posevla.data.formats.lerobot.cameras import CameraConfig
+from posevla.data.formats.lerobot.video import VIDEO_COLUMNS, VIDEO_PATH, video_column
 from posevla.data.formats.lerobot.schema import (
     CAMERAS_JSON,
     CODEBASE_VERSION,
@@ -133,15 +134,24 @@ def _read_info(path: Path) -> dict[str, Any]:
                 fix="store {dtype, shape, names} for every feature",
             )
         kind = _feature_kind(key, spec)
-        if kind in ("image", "depth", "video"):
-            want = 1 if kind == "depth" else 3
-            if len(spec["shape"]) != 3 or want not in (spec["shape"][2], spec["shape"][0]):
+        if kind in ("image", "depth", "video", "depth_video"):
+            want = {"depth": (1,), "depth_video": (1, 3)}.get(kind, (3,))
+            if len(spec["shape"]) != 3 or not {spec["shape"][2], spec["shape"][0]} & set(want):
                 raise DataError(
-                    f"{kind} feature '{key}' must have shape [H, W, {want}], got {spec['shape']}",
+                    f"{kind.replace('_', ' ')} feature '{key}' must have shape [H, W, "
+                    f"{' or '.join(map(str, want))}], got {spec['shape']}",
                     file=f,
                     field=key,
                     fix="fix the feature shape",
                 )
+    has_video = any(_feature_kind(k, v) in ("video", "depth_video") for k, v in features.items())
+    if has_video and not isinstance(info.get("video_path") or VIDEO_PATH, str):
+        raise DataError(
+            f"'video_path' must be a template string, got {info['video_path']!r}",
+            file=f,
+            field="video_path",
+            fix=f"use {VIDEO_PATH!r}",
+        )
     if not isinstance(info.setdefault("data_path", DATA_PATH), str):
         raise DataError(
             f"'data_path' must be a template string, got {info['data_path']!r}",
@@ -156,8 +166,21 @@ def _read_camera_config(
     root: Path, camera_config: CameraConfig | str | os.PathLike | None, features: Mapping[str, Any]
 ) -> tuple[CameraConfig, str]:
     """The camera config (argument, json path or meta/cameras.json), checked against the features."""
+    with_images = _cameras_with_images(features)
     if isinstance(camera_config, CameraConfig):
         cfg, cfg_f = camera_config, "<camera_config argument>"
+    elif camera_config is None and not (root / CAMERAS_JSON).is_file():
+        # LeRobot writes no camera file: the cameras are the image / video features, uncalibrated unless the
+        # data holds per-frame K / T_world_cam (stage 2 asks for calibration when it needs it)
+        if not with_images:
+            raise DataError(
+                f"the dataset has no camera feature ('{IMAGE_PREFIX}<cam>', dtype image or video) and no "
+                f"{CAMERAS_JSON}",
+                file=str(root / "meta" / "info.json"),
+                field="features",
+                fix="record at least one camera image feature",
+            )
+        return CameraConfig(cameras=tuple(with_images)), ""
     else:
         path = Path(camera_config) if camera_config is not None else root / CAMERAS_JSON
         if not path.is_file():
@@ -165,11 +188,10 @@ def _read_camera_config(
                 "camera config not found",
                 file=str(path),
                 field="camera_config",
-                fix="write meta/cameras.json (CameraConfig.save) or pass "
-                "camera_config=<path or CameraConfig>",
+                fix="fix the path of the camera calibration json (CameraConfig.save writes one), or leave it out "
+                "(a dataset without calibration still loads; only stage-2 trajectories need K and T_world_cam)",
             )
         cfg, cfg_f = CameraConfig.load(path), str(path)
-    with_images = _cameras_with_images(features)
     for cam in cfg.cameras:
         if cam not in with_images:
             raise DataError(
@@ -182,14 +204,13 @@ def _read_camera_config(
             (camera_K_key(cam), cfg.static_K(cam), "K"),
             (camera_T_key(cam), cfg.static_T_world_cam(cam), "T_world_cam"),
         ):
-            if (key in features) == (static is not None):
+            if key in features and static is not None:  # neither: uncalibrated (LeRobotV3Dataset.calibration)
                 raise DataError(
-                    f"camera {cam!r} needs exactly one of a per-frame feature '{key}' and a static "
-                    f"'{what}' in "
-                    f"the camera config ({'both' if static is not None else 'neither'} given)",
+                    f"camera {cam!r} has both a per-frame feature '{key}' and a static '{what}' in the camera "
+                    "config",
                     file=cfg_f,
                     field=what,
-                    fix=f"add the camera's {what} to the camera config, or drop one of the two",
+                    fix=f"drop the camera's {what} from the camera config, or the per-frame feature",
                 )
         K = cfg.static_K(cam)
         if K is not None:
@@ -198,11 +219,33 @@ def _read_camera_config(
     return cfg, cfg_f
 
 
+def _task_text_column(table: pa.Table) -> str | None:
+    """The column holding the task text: ``task`` (newer LeRobot, our writer), else the stored pandas index
+    (LeRobot <= 0.4.x writes ``DataFrame({"task_index": ...}, index=tasks)``: ``__index_level_0__``)."""
+    if "task" in table.column_names:
+        return "task"
+    meta = table.schema.pandas_metadata or {}
+    for name in [c for c in meta.get("index_columns", []) if isinstance(c, str)] + ["__index_level_0__"]:
+        if name in table.column_names and (pa.types.is_string(table.schema.field(name).type)
+                                           or pa.types.is_large_string(table.schema.field(name).type)):
+            return name
+    return None
+
+
 def _read_tasks(path: Path) -> list[str]:
     table = _read_parquet(path, "meta/tasks.parquet")
-    _require_columns(table, ("task_index", "task"), path)
+    _require_columns(table, ("task_index",), path)
+    text_col = _task_text_column(table)
+    if text_col is None:
+        raise DataError(
+            f"no task text column (has {table.column_names[:12]})",
+            file=str(path),
+            field="task",
+            fix="store the instructions in a 'task' string column next to 'task_index' (LeRobot <= 0.4 stores "
+            "them as the pandas index, '__index_level_0__'; both are read)",
+        )
     idx = _int_column(table, "task_index", path)
-    text = table.column("task").to_pylist()
+    text = table.column(text_col).to_pylist()
     order = np.argsort(idx, kind="stable")
     if not np.array_equal(idx[order], np.arange(len(idx))):
         raise DataError(
@@ -227,7 +270,8 @@ def _read_tasks(path: Path) -> list[str]:
 
 
 def _read_episodes(root: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Episodes metadata sorted by episode_index: the needed columns plus 'files' (source of each row)."""
+    """Episodes metadata sorted by episode_index: the needed columns (with ``videos/<key>/...`` of every
+    video feature) plus 'files' (source of each row)."""
     files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
         raise DataError(
@@ -235,13 +279,18 @@ def _read_episodes(root: Path, info: dict[str, Any]) -> dict[str, Any]:
             file=str(root / "meta" / "episodes"),
             fix="rewrite the dataset",
         )
-    cols: dict[str, list[Any]] = {k: [] for k in EPISODE_COLUMNS}
+    videos = [k for k, v in info["features"].items() if _feature_kind(k, v) in ("video", "depth_video")]
+    vcols = [video_column(k, w) for k in videos for w in VIDEO_COLUMNS]
+    cols: dict[str, list[Any]] = {k: [] for k in (*EPISODE_COLUMNS, *vcols)}
     src: list[str] = []
     for f in files:
         t = _read_parquet(f, "episodes metadata")
-        _require_columns(t, EPISODE_COLUMNS, f)
-        for k in EPISODE_COLUMNS:
-            cols[k].extend(t.column(k).to_pylist() if k == "tasks" else _int_column(t, k, f).tolist())
+        _require_columns(t, (*EPISODE_COLUMNS, *vcols), f)
+        for k in (*EPISODE_COLUMNS, *vcols):
+            if k == "tasks" or k.endswith("_timestamp"):
+                cols[k].extend(t.column(k).to_pylist())
+            else:
+                cols[k].extend(_int_column(t, k, f).tolist())
         src += [str(f)] * t.num_rows
     order = np.argsort(np.asarray(cols["episode_index"], np.int64), kind="stable")
     ep: dict[str, Any] = {k: [v[j] for j in order] for k, v in cols.items()}

@@ -23,6 +23,7 @@ from posevla.data.formats.lerobot.meta import (
     _require_columns,
 )
 from posevla.data.formats.lerobot.png import _decode_png, _png_check
+from posevla.data.formats.lerobot.video import VideoDecoder, VideoSegment, segments_of, video_column
 from posevla.data.formats.lerobot.schema import (
     DATA_PATH,
     DEPTH_PREFIX,
@@ -40,14 +41,16 @@ from posevla.errors import DataError
 
 
 class LeRobotV3Dataset:
-    """A validated LeRobot v3 dataset; numeric columns are in memory, pixels are read on demand.
+    """A validated LeRobot v3 dataset; numeric columns are in memory, pixels (PNG or MP4) are read on demand.
 
     Attributes:
         root: the dataset folder.
         info: ``meta/info.json`` as a dict.
         features: ``info["features"]``.
         fps: frames per second.
-        camera_config: the dataset's :class:`CameraConfig`.
+        camera_config: the dataset's :class:`CameraConfig` (without a camera file: the camera features'
+            names, no static calibration; see :meth:`calibration`).
+        camera_config_file: where it came from ("" when the dataset has no camera file).
         tasks: task strings by ``task_index``.
         stats: ``meta/stats.json`` as ``{feature: {mean, std, min, max, count: np.ndarray}}``.
         episode_lengths: (num_episodes,) int64 frames per episode.
@@ -67,6 +70,7 @@ class LeRobotV3Dataset:
         image_refs: dict[str, tuple[list[Any], list[Any]]],
         row_files: list[tuple[int, str]],
         stats: dict[str, dict[str, np.ndarray]],
+        videos: dict[str, list[VideoSegment]] | None = None,
     ) -> None:
         self.root = root
         self.info = info
@@ -82,6 +86,9 @@ class LeRobotV3Dataset:
         self._columns = columns
         self._image_refs = image_refs
         self._row_files = row_files  # (first global row, parquet file), ascending
+        self._videos = videos or {}  # video feature -> its segment of every episode
+        self._decoder = VideoDecoder()
+        self._episode_files: list[str] = []  # the episodes-metadata file of each episode
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -115,8 +122,46 @@ class LeRobotV3Dataset:
         return w, h
 
     def pixel_keys(self) -> list[str]:
-        """Image and depth feature keys whose pixels can be read (videos excluded)."""
-        return list(self._image_refs)
+        """Image and depth feature keys whose pixels can be read (PNG images and MP4 videos)."""
+        return [*self._image_refs, *self._videos]
+
+    def video_keys(self) -> list[str]:
+        """The features stored as MP4 videos."""
+        return list(self._videos)
+
+    # -- calibration ---------------------------------------------------------------------------
+    def calibration(self, cam: str) -> dict[str, str | None]:
+        """Where camera ``cam``'s ``K`` and ``T_world_cam`` come from: ``"feature"`` (per frame), ``"static"``
+        (the camera config) or None (not given)."""
+        cfg = self.camera_config
+        out: dict[str, str | None] = {}
+        for what, key, static in (("K", camera_K_key(cam), cfg.static_K(cam)),
+                                  ("T_world_cam", camera_T_key(cam), cfg.static_T_world_cam(cam))):
+            out[what] = "feature" if key in self.features else "static" if static is not None else None
+        return out
+
+    def require_calibration(self, cams: Sequence[str], purpose: str, *, flag: str | None = None) -> None:
+        """Raise a DataError naming the three ways to calibrate when a camera of ``cams`` lacks K or T_world_cam.
+
+        ``flag`` is the command-line option that gives a calibration file in the caller's context (e.g.
+        ``--data.sources.N.cameras``).
+        """
+        for cam in cams:
+            missing = [w for w, src in self.calibration(cam).items() if src is None]
+            if missing:
+                key = camera_K_key(cam) if "K" in missing else camera_T_key(cam)
+                raise DataError(
+                    f"{purpose} need the intrinsics K and the pose T_world_cam of camera '{cam}', but the dataset "
+                    f"gives no {' and no '.join(missing)} (camera file: {self.camera_config_file or 'none'})",
+                    file=str(self.root / "meta" / "info.json"),
+                    record=f"camera {cam}",
+                    field=key,
+                    fix=calibration_fix(cam, flag),
+                )
+
+    def close(self) -> None:
+        """Close the open video files (they reopen on the next read)."""
+        self._decoder.close()
 
     # -- episodes ------------------------------------------------------------------------------
     def _check_episode(self, i: int) -> int:
@@ -149,7 +194,7 @@ class LeRobotV3Dataset:
             kind = _feature_kind(key, spec)
             if kind == "numeric":
                 feats[key] = self._columns[key][a : a + T].copy()
-            elif kind in ("image", "depth") and images:
+            elif kind in ("image", "depth", "video", "depth_video") and images:
                 feats[key] = np.stack([self._pixels(key, a + f) for f in range(T)])
         cfg = self.camera_config
         for cam in cfg.cameras:
@@ -174,16 +219,13 @@ class LeRobotV3Dataset:
             )
         out = {}
         for key in self.pixel_keys() if keys is None else keys:
-            if key not in self._image_refs:
+            if key not in self._image_refs and key not in self._videos:
                 kind = _feature_kind(key, self.features[key]) if key in self.features else "missing"
                 raise DataError(
                     f"feature '{key}' has no readable pixels ({kind})",
                     file=str(self.root / "meta" / "info.json"),
                     field=key,
-                    fix="MP4 videos are not decoded: convert the dataset to PNG frames (dtype 'image'; LeRobot: "
-                    "use_videos=False)"
-                    if kind == "video"
-                    else f"use one of {self.pixel_keys()}",
+                    fix=f"use one of {self.pixel_keys()}",
                 )
             out[key] = self._pixels(key, int(self._from[i]) + int(t))
         return out
@@ -197,13 +239,25 @@ class LeRobotV3Dataset:
         starts = [s for s, _ in self._row_files]
         return self._row_files[int(np.searchsorted(starts, row, side="right") - 1)][1]
 
+    def _video_time(self, key: str, row: int) -> tuple[VideoSegment, float]:
+        """The segment of the row's episode and the time of its frame in that video (from + timestamp)."""
+        e = int(np.searchsorted(self._from, row, side="right") - 1)
+        seg = self._videos[key][e]
+        return seg, seg.start_s + float(self._columns["timestamp"][row])
+
     def _pixels(self, key: str, row: int) -> np.ndarray:
-        blobs, paths = self._image_refs[key]
         depth = key.startswith(DEPTH_PREFIX)
-        src: bytes | Path = blobs[row] if blobs[row] is not None else self._resolve(paths[row])
-        file = self._file(row) if isinstance(src, bytes) else str(src)
         rec = self._record(row)
-        arr = _decode_png(src, depth=depth, file=file, record=rec, key=key)
+        if key in self._videos:
+            seg, t = self._video_time(key, row)
+            file = str(seg.file)
+            rgb = self._decoder.frame_at(seg.file, t, key=key, record=rec)  # (H, W, 3) uint8
+            arr = rgb[..., 0] if depth else rgb  # a depth video is gray: its first channel is the stored unit
+        else:
+            blobs, paths = self._image_refs[key]
+            src: bytes | Path = blobs[row] if blobs[row] is not None else self._resolve(paths[row])
+            file = self._file(row) if isinstance(src, bytes) else str(src)
+            arr = _decode_png(src, depth=depth, file=file, record=rec, key=key)
         h, w = _image_hw(self.features[key])
         if arr.shape[:2] != (h, w):
             raise DataError(
@@ -236,9 +290,11 @@ def load_lerobot_v3(
     Args:
         root: the dataset folder (holding ``meta/`` and ``data/``).
         camera_config: the :class:`CameraConfig`, or a path to its json (e.g. a calibration file next to
-            a real-robot dataset); default ``<root>/meta/cameras.json``.
+            a real-robot dataset); default ``<root>/meta/cameras.json`` when it exists, else the camera
+            features' names without calibration (what LeRobot writes; see :meth:`LeRobotV3Dataset.calibration`).
         check_images: check every image / depth reference (file present, PNG header matches the feature's
-            size and bit depth, file complete) without decoding the pixels.
+            size and bit depth, file complete) without decoding the pixels; and every video file (opens,
+            frame size) with the last frame of each episode decoded (missing, truncated, short videos).
 
     Validated: info.json (codebase_version, fps, features), tasks, episodes metadata (contiguous
     indices, lengths), data columns and their shapes, index / frame_index / timestamp / task_index
@@ -251,7 +307,7 @@ def load_lerobot_v3(
                         fix="check the path: a LeRobot v3 dataset is a folder with meta/info.json")
     info = _read_info(root / "meta" / "info.json")
     features = info["features"]
-    cfg, cfg_f = _read_camera_config(root, camera_config, features)
+    cfg, cfg_f = _read_camera_config(root, camera_config, features)  # cfg_f "": no camera file
     tasks = _read_tasks(root / "meta" / "tasks.parquet")
     ep = _read_episodes(root, info)
     ds = _read_data(root, info, cfg, cfg_f, tasks, ep)
@@ -263,12 +319,29 @@ def load_lerobot_v3(
     ds.stats = _read_stats(
         root / "meta" / "stats.json", features, [k for k in ds._columns if k not in INDEX_COLUMNS]
     )
+    ds._episode_files = ep["files"]
+    ds._videos = {k: segments_of(root, info, k, ep, ep["files"]) for k, s in features.items()
+                  if _feature_kind(k, s) in ("video", "depth_video")}
     if check_images:
-        for k in ds.pixel_keys():
+        for k in ds._image_refs:
             h, w = _image_hw(features[k])
             for row in range(ds.num_frames):
                 _check_image_ref(ds, k, row, h, w)
+        for k in ds._videos:
+            _check_video(ds, k)
     return ds
+
+
+def calibration_fix(cam: str, flag: str | None = None) -> str:
+    """The three ways to give camera ``cam``'s calibration (the fix of a missing-calibration DataError)."""
+    arg = flag or "--data.sources.N.cameras FILE (stage-2 source), --data.cameras FILE (post-training)"
+    return (
+        f"give K and T_world_cam of camera '{cam}' in one of three ways: (1) a camera file in the dataset, "
+        f"meta/cameras.json ({{\"cameras\": [\"{cam}\"], \"K\": {{\"{cam}\": 3x3}}, \"T_world_cam\": "
+        f"{{\"{cam}\": 4x4}}}}, CameraConfig.save); (2) per-frame features '{camera_K_key(cam)}' (3x3) and "
+        f"'{camera_T_key(cam)}' (4x4, OpenCV axes) in the data; (3) a calibration json of that form passed "
+        f"as {arg} (SourceSpec.cameras / load_lerobot_v3(camera_config=FILE))"
+    )
 
 
 
@@ -441,6 +514,31 @@ def _image_column(col: pa.ChunkedArray, *, file: Path, key: str) -> tuple[list[A
                 fix=fix,
             )
     return b, p
+
+
+def _check_video(ds: LeRobotV3Dataset, key: str) -> None:
+    """Every video file of ``key`` opens and has the feature's frame size, and each episode's last frame is
+    there and decodes (catches missing, truncated and too-short videos at load time, one frame per episode)."""
+    hw = _image_hw(ds.features[key])
+    probed: set[Path] = set()
+    for e, seg in enumerate(ds._videos[key]):
+        T = int(ds.episode_lengths[e])
+        last = int(ds._from[e]) + T - 1
+        rec = f"episode {e}"
+        if seg.file not in probed:
+            ds._decoder.probe(seg.file, key=key, record=rec, hw=hw)
+            probed.add(seg.file)
+        _, t = ds._video_time(key, last)
+        if t > seg.end_s + 1e-4:
+            raise DataError(
+                f"frame {T - 1} of the episode is at {t:.4f} s but the episode's video segment ends at "
+                f"{seg.end_s:.4f} s",
+                file=ds._episode_files[e],
+                record=f"episode {e} frame {T - 1}",
+                field=video_column(key, "to_timestamp"),
+                fix="rewrite the episodes metadata (to_timestamp = from_timestamp + length / fps)",
+            )
+        ds._decoder.frame_at(seg.file, t, key=key, record=f"episode {e} frame {T - 1}")
 
 
 def _check_image_ref(ds: LeRobotV3Dataset, key: str, row: int, h: int, w: int) -> None:

@@ -6,28 +6,39 @@ On disk (``codebase_version`` ``"v3.0"``)::
                                                data_path, features {key: {dtype, shape, names}}
     meta/stats.json                            per numeric feature: mean / std / min / max (feature shape)
                                                and count [N]; RGB images: per channel (3, 1, 1) in [0, 1]
-    meta/tasks.parquet                         task_index (int64), task (string)
-    meta/cameras.json                          the dataset's :class:`CameraConfig` (see below)
+    meta/tasks.parquet                         task_index (int64), task (string); LeRobot <= 0.4.x stores
+                                               the text as the pandas index instead (``__index_level_0__``)
+    meta/cameras.json                          optional: the dataset's :class:`CameraConfig` (see below);
+                                               LeRobot never writes one
     meta/episodes/chunk-000/file-000.parquet   episode_index, tasks (list<string>), length,
                                                data/chunk_index, data/file_index, dataset_from_index,
                                                dataset_to_index, meta/episodes/{chunk,file}_index,
-                                               stats/<feature>/{min,max,mean,std,count}
+                                               stats/<feature>/{min,max,mean,std,count}; per video
+                                               feature videos/<key>/{chunk_index, file_index,
+                                               from_timestamp, to_timestamp}
     data/chunk-000/file-000.parquet            index, episode_index, frame_index, timestamp, task_index,
                                                one column per feature
     images/<key>/episode-XXXXXX/frame-XXXXXX.png
+    videos/<key>/chunk-000/file-000.mp4        video features (info.json ``video_path``; :mod:`.video`)
 
 Feature keys of an :class:`Episode` (leading dim T = frames):
 
 * ``observation.images.<cam>``  (T, H, W, 3) uint8 RGB -- LeRobot dtype ``"image"``; the parquet column is
   the Hugging Face image struct ``{bytes, path}`` with ``path`` relative to the dataset root and
-  ``bytes`` null. The reader also accepts embedded PNG ``bytes`` (what LeRobot itself writes).
+  ``bytes`` null. The reader also accepts embedded PNG ``bytes`` (what LeRobot itself writes), and dtype
+  ``"video"`` (LeRobot's default: MP4 files, decoded frame-exactly by presentation time, :mod:`.video`).
 * ``observation.depth.<cam>``   (T, H, W) float32 metres, 0 = invalid -- dtype ``"image"``, shape
   ``[H, W, 1]``, stored as a 16-bit grayscale PNG holding ``round(depth / depth_scale)``;
-  ``depth_scale`` (metres per unit, default 0.001 = millimetres) lives in ``meta/cameras.json``.
+  ``depth_scale`` (metres per unit, default 0.001 = millimetres) lives in ``meta/cameras.json``. A depth
+  ``"video"`` feature (shape ``[H, W, 1]`` or LeRobot's gray RGB ``[H, W, 3]``) holds 8-bit units in its
+  first channel.
 * ``observation.cameras.<cam>.K`` (T, 3, 3) float64 and ``observation.cameras.<cam>.T_world_cam``
   (T, 4, 4) float64 (OpenCV camera axes) -- per-frame camera facts. A dataset may instead give static
   ``K`` / ``T_world_cam`` per camera in its :class:`CameraConfig` (real robots such as AgiBot ship one
-  calibration file); the reader then fills these keys by broadcasting, so consumers see one layout.
+  calibration file); the reader then fills these keys by broadcasting, so consumers see one layout. A
+  camera may have neither (LeRobot records no calibration): the dataset still loads and post-trains;
+  stage-2 trajectories then raise a DataError listing the three ways to calibrate
+  (:meth:`LeRobotV3Dataset.require_calibration`).
 * ``observation.ee_pose`` (T, 7) float32 xyz + quaternion wxyz in the world frame (bimanual data:
   ``observation.ee_pose.left`` / ``.right``); ``observation.state`` (T, D), ``observation.gripper``
   (T, 1), ``observation.joints`` (T, J), ``action`` (T, A) float32; any other numeric key.
@@ -36,9 +47,8 @@ Numeric columns: shape ``[1]`` is a scalar column, others nested fixed-size list
 accepts variable lists, as written by Hugging Face ``datasets``). Every feature array has at least two
 dims; a per-frame scalar is ``(T, 1)``.
 
-Not supported: MP4 videos are neither written nor decoded (a ``"video"`` feature is listed in
-:attr:`LeRobotV3Dataset.info` and its image size is known, but its pixels raise :class:`DataError`);
-images must be PNG. ``timestamp`` is ``frame_index / fps``.
+Not supported: the writer writes PNG frames only (no MP4); stored images must be PNG. ``timestamp`` is
+``frame_index / fps``.
 
 Writes are atomic: the dataset is built in a hidden sibling folder and renamed into place, so a crash
 leaves either nothing or the previous dataset at ``root``, never a partial one.
@@ -173,7 +183,7 @@ def _image_hw(spec: Mapping[str, Any]) -> tuple[int, int]:
 def _feature_kind(key: str, spec: Mapping[str, Any]) -> str:
     dtype = spec.get("dtype")
     if dtype == "video":
-        return "video"
+        return "depth_video" if key.startswith(DEPTH_PREFIX) else "video"
     if dtype == "image":
         return "depth" if key.startswith(DEPTH_PREFIX) else "image"
     if dtype in _NUMERIC_DTYPES:
