@@ -357,7 +357,7 @@ CASES = [
             call=api("posevla.data.formats.lerobot:load_lerobot_v3", InCase("nope"))),
     lerobot("png_truncated_found_on_decode", (IMG0, f"field '{KEY_IMG}'", "record episode 0 frame 2"),
             call=lambda ws, tmp: _decode_without_header_check(ws, tmp)),
-    # -- the dataset LeRobot's own tool wrote ----------------------------------------------------------------------
+    # -- the checked-in v3 fixture (pyarrow-written; lerobot_real_* are the ones LeRobot wrote) ---------------------
     _dataset("info_missing", _unlink(INFO), INFO, None, base="tool"),
     _dataset("codebase_v2_1", _edit_json(INFO, lambda d: d.update(codebase_version="v2.1")), INFO, "codebase_version",
              base="tool"),

@@ -11,7 +11,7 @@ from typing import Any
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 BOP_FIXTURE = FIXTURES / "bop_tiny"  # rendered in the BOP layout (fixtures/make_bop_fixture.py)
-LEROBOT_FIXTURE = FIXTURES / "lerobot_v3_tiny"  # written by LeRobot's own LeRobotDataset (make_lerobot_v3_tiny.py)
+LEROBOT_FIXTURE = FIXTURES / "lerobot_v3_tiny"  # written with pyarrow in the LeRobot v3 layout (make_lerobot_v3_tiny.py)
 LEGACY = FIXTURES / "legacy_checkpoints"  # checkpoints of the code before the restructure (no manifest)
 
 
