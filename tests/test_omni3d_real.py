@@ -148,8 +148,6 @@ def test_commands_take_the_official_layout(tmp_path, capsys):
     from posevla.cli import main
     from posevla.data.sources import SourceSpec, check_sources, load_source
     from posevla.training.config import DataConfig
-    from posevla.training.configs import get_config
-    from posevla.training.trainer import train
 
     elsewhere = tmp_path / "jsons"
     elsewhere.mkdir()
@@ -165,9 +163,10 @@ def test_commands_take_the_official_layout(tmp_path, capsys):
     specs = tuple(SourceSpec("omni3d", p, image_root=str(ROOT)) for p in (k, s))
     assert [r.ok for r in check_sources(specs, log=lambda m: None)] == [True, True]
     assert len(load_source(specs[0]).scenes) == 1
-    cfg = dataclasses.replace(get_config("debug"), data=DataConfig(sources=specs), out_dir=str(tmp_path / "run"),
-                              steps=1, save_every=1)
-    ckpt = train(cfg).checkpoint
+    assert DataConfig(omni3d=(k, s), image_root=str(ROOT)).token_sources() == specs
+    main(["train", "debug", "--data.omni3d", k, s, "--data.image-root", str(ROOT), "--steps", "1", "--save-every", "1",
+          "--out-dir", str(tmp_path / "run")])
+    ckpt = tmp_path / "run"
     main(["eval", "grounding", "--checkpoint", str(ckpt), "--data", s, *root, "--out", str(tmp_path / "ev")])
     res = json.loads((tmp_path / "ev" / "grounding.json").read_text())
     assert res["n_scenes"] == 1 and "ap3d" in res["model"]

@@ -125,6 +125,12 @@ class DataConfig:
     """Processes building batches (0 = in the training process with a prefetch thread); batches are identical."""
     doctor: bool = True
     """Run the data doctor on every source at start-up and refuse to train on errors (--no-doctor skips it)."""
+    omni3d: tuple[str, ...] = ()
+    """Token objective: Omni3D jsons added as sources (e.g. datasets/Omni3D/KITTI_train.json SUNRGBD_train.json)."""
+    image_root: str | None = None
+    """The folder the `omni3d` jsons' file_path s start from (the official layout's `datasets/`)."""
+    depth_encoding: str | None = None
+    """How the `omni3d` sources' depth PNGs encode metres (default: each source's own, e.g. sunrgbd-toolbox)."""
     cameras: str | None = None
     """Action objective: a camera calibration json for a LeRobot dataset that records none (only the stage-2
     trajectories need K and T_world_cam; post-training does not)."""
@@ -136,10 +142,15 @@ class DataConfig:
         # read back from a checkpoint's JSON: a list of dicts
         sources = tuple(_build(SourceSpec, s, "data.sources") if isinstance(s, Mapping) else s for s in self.sources)
         object.__setattr__(self, "sources", sources)
+        object.__setattr__(self, "omni3d", tuple(str(p) for p in self.omni3d))
+        self.token_sources()  # checks the omni3d sources' settings (ConfigError naming them)
 
     def token_sources(self) -> tuple[SourceSpec, ...]:
-        """The token objective's sources; `train_data` as one `generated` source when none are named."""
-        return self.sources or (SourceSpec("generated", self.train_data),)
+        """The token objective's sources (`sources`, then the `omni3d` jsons); `train_data` as one `generated`
+        source when none are named."""
+        extra = tuple(SourceSpec("omni3d", p, image_root=self.image_root, depth_encoding=self.depth_encoding)
+                      for p in self.omni3d)
+        return (self.sources + extra) or (SourceSpec("generated", self.train_data),)
 
 
 @dataclasses.dataclass(frozen=True)
