@@ -115,6 +115,9 @@ def with_nominal_K(dataset: LeRobotV3Dataset, cams: Sequence[str]) -> CameraConf
     for cam in cams:
         if dataset.calibration(cam)["K"] is None:
             K[cam] = nominal_K(*dataset.image_size(cam))
+            print(f"[posevla] camera {cam!r} of {dataset.root} has no intrinsics: its ray prior uses a nominal "
+                  "pinhole K (focal max(W, H), centred), saved with the checkpoint; pass --data.cameras FILE for "
+                  "the real calibration")
     return cfg if K == dict(cfg.K) else dataclasses.replace(cfg, K=K)
 
 
