@@ -41,7 +41,16 @@ import numpy as np
 
 from posevla.data.doctor_checks import Collector, Finding, check_raw_omni3d, check_scenes, scene_kind
 from posevla.data.formats.lerobot import load_lerobot_v3
-from posevla.data.formats.omni3d import Object3D, Scene, View, dataset_info, dataset_source, load_omni3d, omni3d_jsons
+from posevla.data.formats.omni3d import (
+    Object3D,
+    Scene,
+    View,
+    dataset_info,
+    dataset_source,
+    load_omni3d,
+    looks_like_omni3d,
+    omni3d_jsons,
+)
 from posevla.data.grounding import LabelFilter
 from posevla.errors import DataError
 
@@ -100,18 +109,6 @@ class DoctorReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def _single_json_is_omni3d(path: Path) -> bool:
-    """True when a json looks like Omni3D: an object whose first MiB names ``images`` and, unless the file is
-    longer than that (the key can sit past a long ``images`` list), ``annotations``; not parsed."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 20)
-            longer = bool(f.read(1))
-    except OSError:
-        return False
-    return head.lstrip().startswith(b"{") and b'"images"' in head and (longer or b'"annotations"' in head)
-
-
 def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
     """``(format, path)`` with format ``omni3d`` (path = the json), ``bop`` (the root) or ``lerobot``.
 
@@ -154,7 +151,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
         if any(is_scene(d) for d in p.iterdir() if d.name.isdigit()):  # a split folder
             return "bop", p.parent
         jsons = sorted(p.glob("*.json"))
-        if len(jsons) == 1 and _single_json_is_omni3d(jsons[0]):
+        if len(jsons) == 1 and looks_like_omni3d(jsons[0]):
             return "omni3d", jsons[0]
     found = f"; jsons here: {', '.join(j.name for j in jsons[:5])}" if jsons else ""
     raise DataError("cannot tell the dataset format (looked for dataset.json, meta/info.json, "

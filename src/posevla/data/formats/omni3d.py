@@ -60,13 +60,16 @@ def _known(name: Any) -> bool:
 
 
 def looks_like_omni3d(path: str | os.PathLike) -> bool:
-    """True for a json whose first 1 MiB names Omni3D's top-level ``images`` list (cheap: not parsed)."""
+    """True for a json that looks like Omni3D, read cheaply (not parsed): an object whose first MiB names
+    ``images`` and, unless the file is longer than that (the key can sit past a long ``images`` list),
+    ``annotations``. A BOP root's ``camera.json`` is not one."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 20)
+            longer = bool(f.read(1))
     except OSError:
         return False
-    return head.lstrip().startswith(b"{") and b'"images"' in head
+    return head.lstrip().startswith(b"{") and b'"images"' in head and (longer or b'"annotations"' in head)
 
 
 def omni3d_jsons(folder: str | os.PathLike) -> list[Path]:
