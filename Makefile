@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml scripts/install_system_deps.sh
 	# folder, so drop them first or pip leaves a mix of 3.3 and 4.x files behind
 	$(PY) -m pip uninstall -y -q mujoco-core mujoco-studio 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev]'
+	# openpi's real client for the server tests; --no-deps because it pins numpy<2 (its code runs on numpy 2)
+	$(PY) -m pip install -q --no-deps openpi-client==0.1.2
 	touch $(STAMP)
 
 demo: setup

@@ -178,3 +178,21 @@ def test_demo_rejects_overlapping_eval_seeds(tmp_path, capsys):
     assert e.value.code == 1
     assert "--eval-seed" in capsys.readouterr().err
 
+
+
+@pytest.mark.sim
+def test_eval_sim_through_a_server_matches_in_process(quick_demo):
+    """`posevla eval sim --server URL`: the same per-seed outcomes as evaluating the checkpoint in process."""
+    from posevla.eval.sim import evaluate_policy_checkpoint
+    from posevla.policy import Policy
+    from posevla.serving.server import serve_in_thread
+
+    ckpt = _posttrain_checkpoint(quick_demo)
+    kw = dict(env="metaworld", tasks=("reach-v3",), episodes_per_task=2, seed=100_000, replan_every=4,
+              max_steps=10, videos_per_task=0)
+    local = evaluate_policy_checkpoint(ckpt, device="cpu", **kw)
+    with serve_in_thread(Policy.from_checkpoint(ckpt, device="cpu", seed=0)) as h:
+        remote = evaluate_policy_checkpoint(None, server=h.url, **kw)
+    keys = ("seed", "success", "steps", "success_step", "policy_calls", "total_reward")
+    assert [{k: e[k] for k in keys} for e in remote["episodes"]] == [{k: e[k] for k in keys} for e in local["episodes"]]
+    assert remote["extra"]["server"] == h.url and remote["extra"]["served_checkpoint"]

@@ -11,6 +11,9 @@
   posevla fit-bins --data D [D ...] --out B.json  fit the pose-token bins on datasets (3D boxes + robot waypoints)
   posevla doctor PATH [--bins B]                  check a dataset's conventions and units (Omni3D, BOP, LeRobot)
   posevla bench data [--workers 1 2] [--json]     loader vs training-step samples/s on generated scenes
+  posevla bench serve [--clients 32 --requests 500]   server load + malformed-frame fuzz: failures, p50/p99, memory
+  posevla bench latency [--json OUT]              action-chunk latency vs transformers' PI0; server round trip
+  posevla serve --checkpoint C [--port 8000]      the policy behind an openpi-compatible websocket server
 
 Each verb parses its own flags with tyro from a frozen dataclass or a typed function, so
 `posevla <verb> --help` lists every option with its default.
@@ -141,10 +144,14 @@ class EvalGroundingArgs:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSimArgs:
-    checkpoint: str
-    """Post-training checkpoint (a step_* dir, or a run dir with checkpoints/latest.json)."""
     tasks: tuple[str, ...]
     """Tasks of the simulator (MetaWorld v3 names, e.g. reach-v3 drawer-close-v3)."""
+    checkpoint: str | None = None
+    """Post-training checkpoint (a step_* dir, or a run dir with checkpoints/latest.json)."""
+    server: str | None = None
+    """Evaluate the policy a running `posevla serve` serves (ws://HOST:PORT) instead of loading --checkpoint."""
+    api_key: str | None = None
+    """API key of --server."""
     env: EnvName = "metaworld"
     """The simulator (the env registry, posevla.sim.ENVS)."""
     episodes_per_task: int = 10
@@ -181,7 +188,7 @@ def _eval_sim(argv: list[str]) -> None:
     card = evaluate_policy_checkpoint(
         a.checkpoint, env=a.env, tasks=a.tasks, episodes_per_task=a.episodes_per_task, seed=a.seed,
         replan_every=a.replan_every, max_steps=a.max_steps, out_dir=a.out, videos_per_task=a.videos_per_task,
-        image_size=a.image_size, device=a.device, progress=a.progress,
+        image_size=a.image_size, device=a.device, progress=a.progress, server=a.server, api_key=a.api_key,
     )
     results = list(card["per_task"].items()) + [("all", card["overall"])]
     print(markdown_table([
@@ -202,7 +209,8 @@ def _eval(argv: list[str]) -> None:
         return
     if not argv or argv[0] != "grounding":
         print("usage: posevla eval grounding --checkpoint C --data D [--train-data T] [--out DIR]\n"
-              "       posevla eval sim --checkpoint C --tasks T [T ...] [--episodes-per-task N] [--out DIR]")
+              "       posevla eval sim --checkpoint C --tasks T [T ...] [--episodes-per-task N] [--out DIR]\n"
+              "       posevla eval sim --server ws://HOST:PORT --tasks T [T ...] ...")
         raise SystemExit(2)
     a = tyro.cli(EvalGroundingArgs, args=argv[1:], prog="posevla eval grounding")
     res = evaluate_checkpoint(
@@ -315,13 +323,75 @@ def _doctor(argv: list[str]) -> None:
         raise SystemExit(1)
 
 
-def _bench(argv: list[str]) -> None:
-    if not argv or argv[0] != "data":
-        print("usage: posevla bench data [--num-scenes N] [--workers 1 2] [--json]")
-        raise SystemExit(2)
-    from posevla.bench.data import main as bench_data
+BENCHES = {"data": "posevla.bench.data", "serve": "posevla.bench.serve", "latency": "posevla.bench.latency"}
 
-    bench_data(argv[1:])
+
+def _bench(argv: list[str]) -> None:
+    import importlib
+
+    if not argv or argv[0] not in BENCHES:
+        print("usage: posevla bench data [--num-scenes N] [--workers 1 2] [--json]\n"
+              "       posevla bench serve [--checkpoint C] [--clients 32] [--requests 500] [--json OUT]\n"
+              "       posevla bench latency [--json OUT]")
+        raise SystemExit(2)
+    importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeArgs:
+    checkpoint: str
+    """Post-training checkpoint (a step_* dir, or a run dir with checkpoints/latest.json)."""
+    host: str = "127.0.0.1"
+    """Interface to listen on; 0.0.0.0 exposes the server to the network (set --api-key then)."""
+    port: int = 8000
+    api_key: str | None = None
+    """Clients must send 'Authorization: Api-Key <key>' (default: the POSEVLA_API_KEY variable, else none)."""
+    input_spec: Literal["auto", "native", "libero", "aloha"] = "auto"
+    """Client observation layout (auto: the checkpoint's saved spec; native keys are always accepted)."""
+    default_prompt: str | None = None
+    """Instruction used for requests that carry none."""
+    max_message_mb: float = 32.0
+    """Largest request frame answered (MB)."""
+    viewer: bool = True
+    """Serve the live plan viewer at /viewer (decodes the VLM's waypoint plan for every request)."""
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
+    """Noise seed of requests that send no 'seed'."""
+
+    def __post_init__(self) -> None:
+        check_int(self.port, "--port", lo=0, hi=65535)
+        check_device(self.device)
+        if not 0.001 <= self.max_message_mb <= 4096:
+            from posevla.errors import ConfigError
+
+            raise ConfigError(f"--max-message-mb must be in [0.001, 4096], got {self.max_message_mb}")
+
+
+def _serve(argv: list[str]) -> None:
+    import os
+
+    from posevla.policy import Policy
+    from posevla.serving.server import PolicyServer, policy_info
+
+    a = tyro.cli(ServeArgs, args=argv, prog="posevla serve")
+    policy = Policy.from_checkpoint(a.checkpoint, device=a.device, precision=a.precision, seed=a.seed)
+    viewer = None
+    if a.viewer:
+        from posevla.serving.viewer import Viewer
+
+        viewer = Viewer(policy_info(policy))
+    server = PolicyServer(
+        policy, host=a.host, port=a.port, api_key=a.api_key or os.environ.get("POSEVLA_API_KEY") or None,
+        max_message_bytes=int(a.max_message_mb * (1 << 20)), input_layout=a.input_spec,
+        default_prompt=a.default_prompt, viewer=viewer,
+    )
+    spec = server.metadata()["observation_spec"]
+    print(f"[posevla] serving {policy.checkpoint} on ws://{a.host}:{a.port} (layout {spec['layout']}: images "
+          f"{list(spec['images'])}, state {spec['state']['key'] if spec['state'] else 'native'}, "
+          f"{policy.chunk_size}x{policy.action_dim} chunks)" + (f"; viewer http://{a.host}:{a.port}/viewer" if viewer else ""),
+          flush=True)
+    server.serve_forever()
 
 
 VERBS = {
@@ -334,6 +404,7 @@ VERBS = {
     "fit-bins": _fit_bins,
     "doctor": _doctor,
     "bench": _bench,
+    "serve": _serve,
 }
 
 

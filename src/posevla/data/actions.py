@@ -52,6 +52,7 @@ from posevla.data.collate import ExampleSpec, batch_indices, collate
 from posevla.data.formats.lerobot import CameraConfig, LeRobotV3Dataset
 from posevla.data.formats.lerobot.schema import MAX_DEPTH_M
 from posevla.data.grounding import PreparedView, empty_view, prepare_view
+from posevla.data.input_spec import InputSpec, state_layout
 from posevla.data.normalize import NormStats
 from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX, camera_K_key, camera_T_key
 from posevla.errors import DataError
@@ -411,6 +412,9 @@ class ActionDataset:
             "state_dim": self.state_dim,
             "dataset": str(self.dataset.root),
             "num_examples": len(self),
+            "input_spec": InputSpec.default(
+                self.cameras, self.image_sizes, state_layout(self.cfg, self.state_dim)
+            ).to_dict(),
         }
 
 
