@@ -1,138 +1,88 @@
 """Action-chunk latency: PoseVLA.sample_actions vs transformers' PI0ForConditionalGeneration.
 
-Usage: python benchmarks/bench_expert.py [--configs parity tiny] [--reps 30] [--threads 1] [--json]
+A thin wrapper of `posevla bench latency --part expert` (`posevla.bench.latency` describes the method):
 
-Both models share the architecture and the weights (copied with `load_pi0_state_dict`), take the same prefix,
-state and noise, and integrate 10 Euler steps. Repetitions alternate between the two models so that load from
-other processes hits both alike; on a shared machine the absolute times are inflated, the ratio is the result.
-Configs: ``parity`` is the one of the π0 parity test (2 views of 32 px, 12-token prompt, chunk 4, 8-dim
-state/action); ``tiny`` is the tiny VLM at its defaults with the tiny expert (chunk 16, 32-dim).
+    python benchmarks/bench_expert.py [--configs parity tiny] [--precisions fp32 bf16] [--reps 30]
+                                      [--threads 1] [--compile] [--json OUT]
+
+``--levers [parity|tiny] [REPS]`` instead times what each sampling lever buys, adding them one at a time
+(fp32, alternating with transformers' π0 in the same run):
+
+* ``plain``: the unfused sampler (prefix through `PoseVLM._lm`, one `GemmaActionExpert.velocity` call per
+  Euler step, ``eval()``/``train()`` around it), the sampler before the levers;
+* ``+prefix``: `PoseVLA.encode_prefix` (the language model called with its key-padding mask, shared padding
+  columns dropped);
+* ``+fused``: `GemmaActionExpert.sample` (`ChunkFlow`: state token, masks, positions, time terms once per
+  chunk, static key/value buffer, stacked q/k/v with RoPE rows);
+* ``now``: `PoseVLA.sample_actions` as it is (also skips the ``eval()`` walk over every module when the
+  model is already in eval mode).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference π0 lives with the tests
-
-PROMPTS = ["pick up the cup", "open the drawer", "stack"]
+from posevla.bench.latency import _alternate, _build_pair, _expert_inputs, find_reference, main
 
 
-def _build(name: str):
-    from reference.pi0 import build_pi0_reference
+def levers(name: str = "parity", reps: int = 30) -> None:
+    """Print median / p95 ms and the ratio to transformers of each lever added in turn (module docstring)."""
+    from posevla.models.action_expert import PrefixKV
 
-    from posevla.models.config import get_expert_config, get_model_config
-    from posevla.models.pi0_weights import load_pi0_state_dict
-    from posevla.models.pose_vla import PoseVLA
+    torch.set_num_threads(1)
+    ours, ref = _build_pair(name, find_reference())
+    batch, noise = _expert_inputs(ours, 1)
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    common = {"input_ids": ids, "pixel_values": batch["pixel_values"], "attention_mask": attn,
+              "pixel_attention_mask": torch.ones(1, ours.vlm.cfg.num_views, dtype=torch.bool)}
+    state = ours._state(batch["state"], 1)  # (1, Ds_max)
 
-    if name == "parity":
-        vlm = get_model_config("tiny", image_size=32, num_views=2, prompt_len=12, use_priors=False, pose_tags=False)
-        expert = get_expert_config("tiny", chunk_size=4, max_state_dim=8, max_action_dim=8)
-    elif name == "tiny":
-        vlm, expert = get_model_config("tiny", use_priors=False, pose_tags=False), get_expert_config("tiny")
-    else:
-        raise SystemExit(f"unknown config {name!r}; valid: parity, tiny")
-    torch.manual_seed(1)
-    ours = PoseVLA.build(vlm, expert).eval()
-    torch.manual_seed(2)
-    ref = build_pi0_reference(ours)
-    load_pi0_state_dict(ours, ref.state_dict())
-    return ours, ref
+    def vlm_prefix() -> PrefixKV:  # through PaliGemma's own forward, every padded column kept
+        feats = ours.vlm.image_features(batch["pixel_values"])  # (V, N, D)
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)  # (1, P)
+        out = ours.vlm._lm(ids, attn, torch.zeros_like(ids), feats, use_cache=True, position_ids=pos)
+        return PrefixKV(kv=tuple((layer.keys, layer.values) for layer in out.cache.layers), pad_mask=attn.bool())
 
+    def loop(prefix: PrefixKV, steps: int = 10) -> torch.Tensor:
+        x, dt = noise.clone(), -1.0 / steps  # (1, H, A)
+        for k in range(steps):
+            tau = torch.full((1,), 1.0 + k * dt, dtype=torch.float32)  # (1,)
+            x = x + dt * ours.expert.velocity(state, x, tau, prefix)  # (1, H, A)
+        return x
 
-def _inputs(ours, batch_size: int):
-    tok, cfg, e = ours.vlm.tokenizer, ours.vlm.cfg, ours.cfg
-    ex = [
-        tok.build_example(PROMPTS[i % 3], None, n_image_tokens=cfg.n_image_tokens, prompt_len=cfg.prompt_len)
-        for i in range(batch_size)
-    ]
-    batch = tok.collate(ex)
-    g = torch.Generator().manual_seed(0)
-    S = cfg.image_size
-    batch["pixel_values"] = torch.rand(batch_size, cfg.num_views, 3, S, S, generator=g) * 2 - 1
-    batch["state"] = torch.randn(batch_size, e.max_state_dim, generator=g)
-    noise = torch.randn(batch_size, e.chunk_size, e.max_action_dim, generator=g)
-    return batch, noise
+    def walked(f):  # the eval()/train() walk over every module of the unfused sampler
+        def g() -> torch.Tensor:
+            ours.eval()
+            try:
+                return f()
+            finally:
+                ours.train(False)
 
+        return g
 
-def _stats(ms: list[float]) -> dict[str, float]:
-    s = sorted(ms)
-    return {"median_ms": statistics.median(s), "p95_ms": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]}
-
-
-def bench(name: str, reps: int, warmup: int, steps: int, batch_size: int) -> dict:
-    ours, ref = _build(name)
-    batch, noise = _inputs(ours, batch_size)
-    common = {
-        "input_ids": batch["input_ids"],
-        "pixel_values": batch["pixel_values"],
-        "attention_mask": batch["attention_mask"],
-        "pixel_attention_mask": torch.ones(batch_size, ours.vlm.cfg.num_views, dtype=torch.bool),
-    }
     runs = {
-        "ours": lambda: ours.sample_actions(batch, noise=noise, num_steps=steps),
-        "transformers": lambda: ref.sample_actions(
-            state=batch["state"], noise=noise, num_steps=steps, **common
-        ),
+        "plain": walked(lambda: loop(vlm_prefix())),
+        "+prefix": walked(lambda: loop(ours.encode_prefix(batch))),
+        "+fused": walked(lambda: ours.expert.sample(state, noise.clone(), ours.encode_prefix(batch), 10)),
+        "now": lambda: ours.sample_actions(batch, noise=noise),
+        "transformers": lambda: ref.sample_actions(state=batch["state"], noise=noise, num_steps=10, **common),
     }
-    times: dict[str, list[float]] = {k: [] for k in runs}
     with torch.no_grad():
         out = {k: f() for k, f in runs.items()}
-        for _ in range(warmup - 1):
-            for f in runs.values():
-                f()
-        for _ in range(reps):
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(1e3 * (time.perf_counter() - t0))
-    res = {k: _stats(v) for k, v in times.items()}
-    e = ours.cfg
-    return {
-        "config": name,
-        "shape": f"B={batch_size} prefix={batch['input_ids'].shape[1]} H={e.chunk_size} A={e.max_action_dim} "
-        f"expert={e.hidden}x{e.layers}",
-        **res,
-        "ratio": res["ours"]["median_ms"] / res["transformers"]["median_ms"],
-        "ratio_p95": res["ours"]["p95_ms"] / res["transformers"]["p95_ms"],
-        "max_abs_diff": (out["ours"] - out["transformers"]).abs().max().item(),
-    }
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["parity", "tiny"], choices=["parity", "tiny"])
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=10, help="Euler steps per chunk")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    meta = {"threads": args.threads, "reps": args.reps, "steps": args.steps, "torch": torch.__version__}
-    results = [bench(c, args.reps, max(1, args.warmup), args.steps, args.batch) for c in args.configs]
-    if args.json:
-        print(json.dumps({**meta, "results": results}, indent=2))
-        return
-    print(f"sample_actions, {args.steps} Euler steps, {args.reps} reps, threads={args.threads}")
-    print(f"{'config':<8} {'model':<13} {'median ms':>10} {'p95 ms':>9}")
-    for r in results:
-        for k in ("ours", "transformers"):
-            print(f"{r['config']:<8} {k:<13} {r[k]['median_ms']:>10.2f} {r[k]['p95_ms']:>9.2f}")
-        print(f"{r['config']}: {r['shape']}; max |Δaction| = {r['max_abs_diff']:.2g}")
-        print(
-            f"{r['config']}: ratio = ours / transformers = {r['ratio']:.3f} (median), "
-            f"{r['ratio_p95']:.3f} (p95)"
-        )
+        timing = _alternate(runs, reps, 2)
+    base = timing["transformers"]
+    print(f"{name}: levers added in turn, fp32, 1 thread, {reps} reps (alternating)")
+    for k, t in timing.items():
+        d = (out[k] - out["transformers"]).abs().max().item()
+        print(f"{k:<13} median {t['median_ms']:7.2f} p95 {t['p95_ms']:7.2f} ms   / transformers "
+              f"{t['median_ms'] / base['median_ms']:.3f} (p95 {t['p95_ms'] / base['p95_ms']:.3f})   "
+              f"max |Δaction| {d:.2g}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--levers"]:
+        levers(*(f(a) for f, a in zip((str, int), sys.argv[2:4])))
+    else:
+        main(["--part", "expert", *sys.argv[1:]])

@@ -11,7 +11,6 @@ import urllib.request
 import numpy as np
 import pytest
 import websockets
-import websockets.sync.client as ws_client
 from openpi_client import action_chunk_broker, msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 

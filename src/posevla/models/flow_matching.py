@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from posevla.errors import ConfigError, DataError
 
-__all__ = ["pad_last_dim", "sinusoidal_time_embedding", "sample_flow_time", "flow_matching_pair", "flow_matching_loss"]
+__all__ = [
+    "pad_last_dim",
+    "sinusoidal_time_embedding",
+    "sample_flow_time",
+    "flow_matching_pair",
+    "flow_matching_loss",
+    "euler_schedule",
+]
 
 
 def pad_last_dim(x: torch.Tensor, size: int, what: str = "tensor") -> torch.Tensor:
@@ -120,3 +127,18 @@ def flow_matching_loss(
             "every action step of the batch is padding (action_is_pad all True)", field="action_is_pad"
         )
     return (err * keep[..., None]).sum() / n
+
+
+def euler_schedule(num_steps: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, float]:
+    """The flow times of `num_steps` Euler steps from τ = 1 to 0 and the step ``dt = −1/num_steps``.
+
+    Returns:
+        ``(taus, dt)``: taus (num_steps,) float32 = ``1 + k·dt`` for k = 0 … num_steps − 1 (computed in
+        Python doubles, as a per-step ``torch.full((B,), 1.0 + k * dt)`` would), and dt.
+    """
+    steps = int(num_steps)
+    if steps < 1:
+        raise DataError(f"num_steps must be >= 1, got {num_steps}")
+    dt = -1.0 / steps
+    taus = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=torch.float32, device=device)  # (steps,)
+    return taus, dt

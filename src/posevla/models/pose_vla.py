@@ -6,7 +6,9 @@
 * ``compute_loss(batch)``: one VLM pass over the prefix (with gradient, so the whole model trains, as in the
   paper's post-training), one expert pass over ``[state | x_τ]``, conditional flow-matching MSE.
 * ``sample_actions(batch, state)``: the prefix keys/values are computed **once** and reused by every Euler
-  step from τ = 1 to τ = 0 (``reuse_prefix=False`` recomputes them per step; same result, for testing).
+  step from τ = 1 to τ = 0; the steps run fused (`GemmaActionExpert.sample`: the state token, the masks,
+  positions and time terms once per chunk, a static key/value buffer). ``reuse_prefix=False`` runs the plain
+  loop of `GemmaActionExpert.velocity` calls with the prefix recomputed per step (same result, for testing).
 
 Batch keys (torch tensors): the VLM prefix ``input_ids, attention_mask (B, P)`` (``token_type_ids`` if present
 must be all 0: a policy prefix has no answer part), ``pixel_values (B, V, 3, S, S)``, optional ``ray, depth,
@@ -28,7 +30,13 @@ from torch import nn
 from posevla.errors import ConfigError, DataError
 from posevla.models.action_expert import GemmaActionExpert, PrefixKV
 from posevla.models.config import ActionExpertConfig, PoseVLMConfig, check_expert_pairing
-from posevla.models.flow_matching import flow_matching_loss, flow_matching_pair, pad_last_dim, sample_flow_time
+from posevla.models.flow_matching import (
+    euler_schedule,
+    flow_matching_loss,
+    flow_matching_pair,
+    pad_last_dim,
+    sample_flow_time,
+)
 from posevla.models.posevlm import PoseVLM
 from posevla.models.text import PoseTextTokenizer
 
@@ -75,7 +83,14 @@ class PoseVLA(nn.Module):
 
     # -- prefix ----------------------------------------------------------------------------------------------
     def encode_prefix(self, batch: dict[str, torch.Tensor]) -> PrefixKV:
-        """Run the VLM over the prefix once; return its per-layer keys/values and the real-token mask."""
+        """Run the VLM over the prefix once; return its per-layer keys/values and the real-token mask.
+
+        The vision tower runs through `PoseVLM.image_features`, the language model is called directly with
+        the prefix's key-padding mask (`_prefix_lm`; the keys/values of `PoseVLM._lm`). Columns that are
+        padding in every sample (a right-padded prompt of one sample) are dropped first: nothing attends to
+        them, so the real tokens' keys/values are unchanged (to float rounding) and the returned prefix is
+        shorter than ``input_ids`` (P' ≤ P, with its own ``pad_mask``).
+        """
         input_ids = batch["input_ids"]
         if input_ids.ndim != 2:
             raise DataError(f"input_ids must be (B, P), got {tuple(input_ids.shape)}", field="input_ids")
@@ -92,9 +107,10 @@ class PoseVLA(nn.Module):
             batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask")
         )  # (B·V, N, D_vlm)
         position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-        out = self.vlm._lm(
-            input_ids, attn, torch.zeros_like(input_ids), feats, use_cache=True, position_ids=position_ids
-        )
+        keep = attn.bool().any(0)  # (P,) columns that are padding in every sample carry nothing: drop them
+        if not bool(keep.all()):
+            input_ids, attn, position_ids = input_ids[:, keep], attn[:, keep], position_ids[:, keep]  # (B, P')
+        out = self._prefix_lm(input_ids, attn, feats, position_ids)
         if out.cache is None:
             raise ConfigError(
                 "the VLM returned no keys/values for the prefix; gradient checkpointing on the VLM disables "
@@ -103,6 +119,40 @@ class PoseVLA(nn.Module):
             )
         kv = tuple((layer.keys, layer.values) for layer in out.cache.layers)  # per layer (B, kv, P, hd)
         return PrefixKV(kv=kv, pad_mask=attn.bool())
+
+    def _prefix_lm(
+        self,
+        input_ids: torch.Tensor,
+        attn: torch.Tensor,
+        feats: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> Any:
+        """The Gemma language model over the prefix, called directly with its finished attention mask.
+
+        The same computation as `PoseVLM._lm` with all-zero ``token_type_ids`` (text embeddings with the image
+        features in the ``<image>`` slots, bidirectional attention between real tokens, padding never
+        attended), minus PaliGemma's per-call mask construction: the mask of a prefix is just its key-padding
+        mask, (B, 1, P, P), built here.
+        """
+        hf = self.vlm.hf
+        image = input_ids == self.vlm.tokenizer.image_token_id  # (B, P)
+        n_img = int(image.sum())
+        if n_img != feats.shape[0] * feats.shape[1]:
+            raise DataError(
+                f"{n_img} <image> tokens in input_ids but {feats.shape[0]}×{feats.shape[1]} image features; "
+                "every sample needs num_views × tokens_per_view <image> tokens",
+                field="input_ids",
+            )
+        emb = hf.get_input_embeddings()(input_ids.masked_fill(image, 0))  # (B, P, D)
+        emb = emb.masked_scatter(image[..., None], feats.to(emb.dtype))  # (B, P, D)
+        B, P = input_ids.shape
+        keys = attn.bool()[:, None, None, :].expand(B, 1, P, P)  # (B, 1, P, P) [query, key] may attend
+        lm = hf.model.language_model
+        mask: torch.Tensor = keys
+        if lm.config._attn_implementation == "eager":  # eager adds its mask to the scores
+            mask = torch.zeros(keys.shape, dtype=emb.dtype, device=emb.device)
+            mask = mask.masked_fill(~keys, torch.finfo(emb.dtype).min)  # (B, 1, P, P)
+        return lm(inputs_embeds=emb, attention_mask=mask, position_ids=position_ids, use_cache=True)
 
     # -- training --------------------------------------------------------------------------------------------
     def _state(self, state: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -162,6 +212,7 @@ class PoseVLA(nn.Module):
         *,
         action_dim: int | None = None,
         reuse_prefix: bool = True,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Integrate the flow from τ = 1 (noise) to τ = 0 with `num_steps` Euler steps; returns (B, H, A).
 
@@ -171,7 +222,9 @@ class PoseVLA(nn.Module):
             noise: (B, H, max_action_dim) starting point x_1; drawn from N(0, I) when None.
             num_steps: Euler steps (default ``cfg.num_inference_steps``).
             action_dim: keep only the first `action_dim` dims (default: all ``max_action_dim``).
-            reuse_prefix: encode the prefix once (True) or before every step (False, a reference for tests).
+            reuse_prefix: encode the prefix once and run the fused flow (True), or the plain loop with the
+                prefix encoded before every step (False, a reference for tests).
+            compile: ``torch.compile`` the fused flow's step (opt-in; `GemmaActionExpert.sample`).
 
         Runs in eval mode (no prior dropout) and restores the previous mode.
         """
@@ -188,16 +241,21 @@ class PoseVLA(nn.Module):
         elif tuple(noise.shape) != shape:
             raise DataError(f"noise of shape {tuple(noise.shape)}, expected {shape}")
         was_training = self.training
-        self.eval()
+        switch = any(m.training for m in self.modules())  # eval() walks every module: only when needed
+        if switch:
+            self.eval()
         try:
-            prefix = self.encode_prefix(batch) if reuse_prefix else None
             x = noise.to(device=device, dtype=dtype)  # (B, H, A_max) at τ = 1
-            dt = -1.0 / steps
-            for k in range(steps):
-                tau = torch.full((B,), 1.0 + k * dt, dtype=torch.float32, device=device)  # (B,)
-                step_prefix = prefix if prefix is not None else self.encode_prefix(batch)
-                v = self.expert.velocity(state, x, tau, step_prefix)  # (B, H, A_max)
-                x = x + dt * v
+            if reuse_prefix:  # the fused flow: prefix, state token, masks and time terms once per chunk
+                prefix = self.encode_prefix(batch)
+                x = self.expert.sample(state, x, prefix, steps, compile=compile)  # (B, H, A_max) at τ = 0
+            else:  # the plain loop, the prefix re-encoded every step (a reference for tests)
+                taus, dt = euler_schedule(steps, device=device)  # (steps,)
+                for k in range(steps):
+                    tau = taus[k].expand(B)  # (B,)
+                    v = self.expert.velocity(state, x, tau, self.encode_prefix(batch))  # (B, H, A_max)
+                    x = x + dt * v
         finally:
-            self.train(was_training)
+            if switch:
+                self.train(was_training)
         return x if action_dim is None else x[..., :action_dim]
