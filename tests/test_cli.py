@@ -196,3 +196,22 @@ def test_eval_sim_through_a_server_matches_in_process(quick_demo):
     keys = ("seed", "success", "steps", "success_step", "policy_calls", "total_reward")
     assert [{k: e[k] for k in keys} for e in remote["episodes"]] == [{k: e[k] for k in keys} for e in local["episodes"]]
     assert remote["extra"]["server"] == h.url and remote["extra"]["served_checkpoint"]
+
+
+@pytest.mark.sim
+def test_run_robot_real_time_loop_through_a_server(quick_demo, tmp_path, capsys):
+    """`posevla run-robot`: a simulated robot at a fixed rate, chunks requested in the background, RTC and naive."""
+    from posevla.policy import Policy
+    from posevla.serving.server import serve_in_thread
+
+    with serve_in_thread(Policy.from_checkpoint(_posttrain_checkpoint(quick_demo), device="cpu")) as h:
+        for mode in ("rtc", "naive"):
+            main(["run-robot", "--server", h.url, "--task", "reach-v3", "--max-steps", "12", "--rate-hz", "20",
+                  "--mode", mode, "--execution-horizon", "4", "--inference-delay", "1",
+                  "--out", str(tmp_path / mode)])
+            run = json.loads((tmp_path / mode / "run.json").read_text())
+            assert run["mode"] == mode and run["applied"] + run["starved"] == run["steps"] > 0
+            assert run["requests"] >= 2 and run["switches"] >= 1 and run["mean_jump"] is not None
+    with pytest.raises(SystemExit) as e:
+        main(["run-robot", "--server", "ws://127.0.0.1:9", "--task", "reach-v3", "--connect-timeout-s", "1"])
+    assert e.value.code == 1 and "no policy server" in capsys.readouterr().err

@@ -226,3 +226,18 @@ def test_serve_cli_refuses_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--checkpoint", "/nonexistent/run", "--no-viewer"])
     assert e.value.code == 1 and "checkpoint" in capsys.readouterr().err
+
+
+def test_relative_ee_chunks_round_trip_to_the_in_process_chunk(policy, request_):
+    """--relative-ee: the chunk comes relative to the request's EE pose; made absolute again on the robot side
+    with the pose recorded at request time, it is the in-process chunk."""
+    from posevla.serving.relative import chunk_to_absolute, reference_pose
+
+    with serve_in_thread(policy, relative_ee=True) as h:
+        c = PolicyClient(h.url)
+        assert c.metadata["relative_ee"] is True
+        reply = c.infer({**request_, "seed": 9})
+        assert reply["relative"] is True and "ee_pose" not in reply
+        native = _native(request_, h.server.spec)
+        absolute = chunk_to_absolute(reply["actions"], reference_pose(native))
+        np.testing.assert_allclose(absolute, policy.infer(native, seed=9)["actions"], atol=1e-5)

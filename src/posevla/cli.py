@@ -14,6 +14,7 @@
   posevla bench serve [--clients 32 --requests 500]   server load + malformed-frame fuzz: failures, p50/p99, memory
   posevla bench latency [--json OUT]              action-chunk latency vs transformers' PI0; server round trip
   posevla serve --checkpoint C [--port 8000]      the policy behind an openpi-compatible websocket server
+  posevla run-robot --server URL --env E --task T the real-time robot loop (RTC or naive chunking) on a simulated robot
 
 Each verb parses its own flags with tyro from a frozen dataclass or a typed function, so
 `posevla <verb> --help` lists every option with its default.
@@ -352,6 +353,8 @@ class ServeArgs:
     """Instruction used for requests that carry none."""
     max_message_mb: float = 32.0
     """Largest request frame answered (MB)."""
+    relative_ee: bool = False
+    """Send ee_pose chunks relative to the EE pose at request time (the robot re-anchors them)."""
     viewer: bool = True
     """Serve the live plan viewer at /viewer (decodes the VLM's waypoint plan for every request)."""
     device: str = "auto"
@@ -366,6 +369,66 @@ class ServeArgs:
             from posevla.errors import ConfigError
 
             raise ConfigError(f"--max-message-mb must be in [0.001, 4096], got {self.max_message_mb}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRobotArgs:
+    server: str
+    """The policy server (ws://HOST:PORT, a running `posevla serve`)."""
+    task: str
+    """Task of the simulated robot (e.g. reach-v3)."""
+    env: EnvName = "metaworld"
+    """The simulator playing the robot (the env registry)."""
+    seed: int = 100_000
+    rate_hz: float = 10.0
+    """Control rate: one action per tick."""
+    mode: Literal["rtc", "naive"] = "rtc"
+    """rtc: the next chunk continues the actions still running (real-time chunking); naive: plain switching."""
+    execution_horizon: int = 8
+    """Actions executed from each chunk before the next one is requested (s)."""
+    inference_delay: int | None = None
+    """Ticks a request takes (d); default: measured from the last requests' latency."""
+    max_steps: int = 200
+    image_size: int | None = None
+    """Camera image size (default: the server's observation spec)."""
+    api_key: str | None = None
+    connect_timeout_s: float = 30.0
+    """How long to keep trying to reach the server."""
+    out: str | None = None
+    """Where run.json (timing, switches, action jumps at the seams) goes."""
+
+    def __post_init__(self) -> None:
+        check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
+        check_int(self.execution_horizon, "--execution-horizon", lo=1)
+        check_int(self.max_steps, "--max-steps", lo=1)
+        if self.inference_delay is not None:
+            check_int(self.inference_delay, "--inference-delay", lo=0)
+        if self.image_size is not None:
+            check_int(self.image_size, "--image-size", lo=16)
+
+
+def _run_robot(argv: list[str]) -> None:
+    from posevla.serving.client import PolicyClient
+    from posevla.serving.robot import run_robot
+    from posevla.serving.sim_robot import SimRobot
+
+    a = tyro.cli(RunRobotArgs, args=argv, prog="posevla run-robot")
+    client = PolicyClient(a.server, api_key=a.api_key, connect_timeout_s=a.connect_timeout_s)
+    shape = next(iter(client.metadata["observation_spec"]["images"].values()))["shape"]
+    size = a.image_size or ((int(shape[0]), int(shape[1])) if shape else 128)
+    robot = SimRobot(a.env, a.task, seed=a.seed, image_size=size, max_steps=a.max_steps)
+    try:
+        res = run_robot(robot, client.infer, a.rate_hz, mode=a.mode, execution_horizon=a.execution_horizon,
+                        inference_delay=a.inference_delay, max_steps=a.max_steps, stop=robot.finished)
+    finally:
+        robot.close()
+        client.close()
+    summary = {"task": a.task, "seed": a.seed, "mode": a.mode, "rate_hz": a.rate_hz, "success": robot.success,
+               "env_steps": robot.steps, **res.summary()}
+    print(json.dumps(summary, indent=2, default=float))
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "run.json").write_text(json.dumps(summary, indent=2, default=float))
 
 
 def _serve(argv: list[str]) -> None:
@@ -384,7 +447,7 @@ def _serve(argv: list[str]) -> None:
     server = PolicyServer(
         policy, host=a.host, port=a.port, api_key=a.api_key or os.environ.get("POSEVLA_API_KEY") or None,
         max_message_bytes=int(a.max_message_mb * (1 << 20)), input_layout=a.input_spec,
-        default_prompt=a.default_prompt, viewer=viewer,
+        default_prompt=a.default_prompt, viewer=viewer, relative_ee=a.relative_ee,
     )
     spec = server.metadata()["observation_spec"]
     print(f"[posevla] serving {policy.checkpoint} on ws://{a.host}:{a.port} (layout {spec['layout']}: images "
@@ -405,6 +468,7 @@ VERBS = {
     "doctor": _doctor,
     "bench": _bench,
     "serve": _serve,
+    "run-robot": _run_robot,
 }
 
 

@@ -11,13 +11,15 @@ training camera config --, optional ``observation.cameras.<cam>.T_world_cam``, t
 action space, and ``task`` (or ``instruction``)) and runs **the same input chain as training**
 (:func:`posevla.data.actions.observation_inputs` + :func:`~posevla.data.actions.collate_actions`: the same
 resize-pad, priors, prompt layout and state normalisation), then ``num_steps`` Euler steps of the flow from
-seeded noise, then de-normalises. It returns::
+seeded noise (guided to continue the previous chunk when an ``action_prefix`` is given: real-time chunking,
+:mod:`posevla.models.rtc`), then de-normalises. It returns::
 
     {"actions": (H, A) float32,          # in the action space of training (names in "action_names")
      "action_names": [...], "action_space": "ee_pose" | "joints",
      "ee_pose": (H, arms, 7) float32,    # "ee_pose" space only: xyz + quaternion wxyz per arm
      "num_steps": int, "seed": int | None,
      "latency_ms": {"preprocess", "model", "plan", "total"},
+     "rtc": {"guided", "prefix_len", "inference_delay"},   # only with action_prefix (real-time chunking)
      "pose_tokens": [...]}               # return_poses=True: the VLM's waypoint plan per view
 
 Invalid observations raise :class:`~posevla.errors.DataError` naming the key (missing camera / state /
@@ -174,6 +176,10 @@ class Policy:
         num_steps: int | None = None,
         seed: int | None = None,
         return_poses: bool = False,
+        action_prefix: Any = None,
+        inference_delay: int = 0,
+        execution_horizon: int | None = None,
+        max_guidance: float = 5.0,
     ) -> dict[str, Any]:
         """The de-normalised action chunk for one observation (module docstring for keys and errors).
 
@@ -183,15 +189,41 @@ class Policy:
             seed: seed of the initial noise (same seed + observation → same chunk); None uses a generator of
                 this call's own, seeded by the policy's seed and the call's number.
             return_poses: also decode the VLM's stage-2 waypoint plan per view (grammar-constrained).
+            action_prefix: real-time chunking (`posevla.models.rtc`): (k, A) the actions of the previous chunk
+                that will still run, row 0 = the action at this observation's step, in the action space of
+                ``"actions"`` (de-normalised); 1 ≤ k ≤ H. None samples without guidance.
+            inference_delay: d, how many of those actions run before the new chunk can start (its rows
+                ``0 … d-1`` are frozen to the prefix); 0 ≤ d ≤ k.
+            execution_horizon: s, actions of each chunk executed before the next request; default H − k (the
+                prefix is exactly the previous chunk's unexecuted rest). Rows past ``min(k, H − s)`` are free.
+            max_guidance: β, the cap of the RTC guidance weight.
+
+        Raises:
+            DataError: a mis-shaped or non-finite `action_prefix` (field ``action_prefix``), or an
+                `inference_delay` / `execution_horizon` outside the ranges above.
         """
         t0 = time.perf_counter()
         if seed is not None:
             check_int(seed, "seed", lo=0, hi=2**63 - 1)
+        rtc = None
+        if action_prefix is not None:
+            rtc = self._rtc_prefix(action_prefix, inference_delay, execution_horizon)
         inputs, batch = self.preprocess(obs)
         t1 = time.perf_counter()
         noise = self._noise(seed).to(self.device)
         with autocast_context(self.device, self.use_bf16):
-            z = self.model.sample_actions(batch, noise=noise, num_steps=num_steps, action_dim=self.action_dim)
+            if rtc is None:
+                z = self.model.sample_actions(
+                    batch, noise=noise, num_steps=num_steps, action_dim=self.action_dim
+                )
+            else:
+                from posevla.models.rtc import sample_actions_rtc
+
+                z = sample_actions_rtc(
+                    self.model, batch, noise=noise, prefix_actions=rtc[0].to(self.device),
+                    prefix_weights=rtc[1], num_steps=num_steps, max_guidance=max_guidance,
+                    action_dim=self.action_dim,
+                )
         z = z[0].float().cpu()  # (H, A) normalised
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -216,6 +248,9 @@ class Policy:
             "num_steps": int(num_steps if num_steps is not None else self.model.cfg.num_inference_steps),
             "seed": seed,
         }
+        if action_prefix is not None:
+            out["rtc"] = {"guided": rtc is not None, "prefix_len": int(np.shape(action_prefix)[0]),
+                          "inference_delay": int(inference_delay)}
         if self.action_cfg.space == "ee_pose":
             out["ee_pose"] = self._ee_poses(actions)
         t3 = time.perf_counter()
@@ -230,6 +265,51 @@ class Policy:
         }
         self.latencies_ms.append(out["latency_ms"]["total"])
         return out
+
+    def _rtc_prefix(
+        self, action_prefix: Any, inference_delay: Any, execution_horizon: Any
+    ) -> tuple[torch.Tensor, np.ndarray] | None:
+        """(prefix (1, H, A_max) normalised and zero-padded, soft weights (H,)) of an RTC request, or None
+        when every weight is 0 (nothing to follow: the plain sampler gives the same chunk)."""
+        from posevla.models.rtc import soft_prefix_weights
+
+        H, A = self.chunk_size, self.action_dim
+        fix = (f"send the previous chunk's actions that will still run, from the new observation's step on: "
+               f"a (k, {A}) float array with 1 <= k <= {H}")
+        try:
+            prefix = np.asarray(action_prefix, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"action_prefix is not a numeric array ({type(action_prefix).__name__})",
+                            field="action_prefix", fix=fix) from None
+        if prefix.ndim != 2 or not 1 <= prefix.shape[0] <= H or prefix.shape[1] != A:
+            raise DataError(f"action_prefix of shape {prefix.shape}, expected (k, {A}), 1 <= k <= H = {H}",
+                            field="action_prefix", fix=fix)
+        if not np.all(np.isfinite(prefix)):
+            r, c = np.argwhere(~np.isfinite(prefix))[0].tolist()
+            raise DataError(f"action_prefix holds {prefix[r, c]} at row {r}, dim {c} "
+                            f"('{self.action_names[c]}')",
+                            field="action_prefix", fix=fix)
+        k = prefix.shape[0]
+        def bad_int(v: Any) -> bool:
+            return isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+
+        if bad_int(inference_delay) or not 0 <= inference_delay <= k:
+            raise DataError(f"inference_delay must be an integer in [0, k = {k}] (the prefix's length), got "
+                            f"{inference_delay!r}", field="inference_delay",
+                            fix="send the number of prefix actions that run before the new chunk can start")
+        s = H - k if execution_horizon is None else execution_horizon
+        if bad_int(s) or not 1 <= s <= H - int(inference_delay):
+            raise DataError(f"execution_horizon must be an integer in [1, H - inference_delay = "
+                            f"{H - int(inference_delay)}], got {execution_horizon!r} (H = {H}, k = {k})",
+                            field="execution_horizon",
+                            fix="send the number of actions of each chunk executed before the next request")
+        weights = soft_prefix_weights(H, int(inference_delay), int(s))  # (H,)
+        weights[k:] = 0.0  # no prefix actions there
+        if not np.any(weights > 0):
+            return None
+        z = np.zeros((1, H, self.model.cfg.max_action_dim), np.float32)  # (1, H, A_max)
+        z[0, :k, :A] = self.stats["actions"].normalize(prefix)  # (k, A) normalised
+        return torch.from_numpy(z), weights
 
     def _ee_poses(self, actions: np.ndarray) -> np.ndarray:
         """(H, A) ``"ee_pose"`` actions -> (H, arms, 7) xyz + quaternion wxyz."""

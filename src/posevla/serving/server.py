@@ -12,7 +12,8 @@ Protocol (the one of openpi's ``src/openpi/serving/websocket_policy_server.py`` 
 3. Every request is one binary frame: an observation map (:mod:`posevla.serving.wire`). The reply is one
    binary frame ``{"actions": (H, A) float32, "server_timing": {"infer_ms", "queue_ms", "decode_ms",
    "prev_total_ms"}, "policy_timing": {...}}`` plus ``"ee_pose"`` (H, arms, 7) for the ``ee_pose`` space and
-   ``"pose_tokens"`` when asked for.
+   ``"pose_tokens"`` when asked for; with ``--relative-ee`` the chunk is relative to the request's EE pose and
+   the reply says ``"relative": True``.
 4. A request that cannot be answered (malformed frame, wrong keys, shapes, dtypes, NaN state, a failing
    model) gets **one text frame** with the error (what, which key, how to fix) and the connection is closed
    with code 1011; other connections are not affected.
@@ -53,6 +54,7 @@ from websockets.http11 import Response
 
 from posevla.data.input_spec import InputSpec, state_layout
 from posevla.errors import ConfigError, DataError, PoseVLAError, check_int
+from posevla.serving.relative import chunk_to_relative, reference_pose
 from posevla.serving.wire import WireError, pack, unpack
 
 __all__ = ["PolicyServer", "ServerHandle", "serve_in_thread", "RESERVED_KEYS", "DEFAULT_MAX_MESSAGE_BYTES"]
@@ -120,6 +122,9 @@ class PolicyServer:
         max_message_bytes: the largest request frame answered.
         input_layout: ``auto`` (the checkpoint's saved spec), ``native``, ``libero`` or ``aloha``.
         default_prompt: the instruction used when a request carries none.
+        relative_ee: send each ``ee_pose`` chunk relative to the EE pose of its request's observation
+            (``T_ref⁻¹ · T_t``, reply key ``"relative": True``); the robot side makes it absolute with the pose
+            it recorded at request time (`posevla.serving.robot`).
         viewer: a :class:`posevla.serving.viewer.Viewer` to feed (None: no viewer); while its page is open
             (polled within :data:`VIEWER_WATCH_S`), requests also decode the waypoint plan (``return_poses``)
             unless they say otherwise, so an unwatched viewer costs nothing.
@@ -136,8 +141,13 @@ class PolicyServer:
         input_layout: str | None = "auto",
         default_prompt: str | None = None,
         viewer: Any = None,
+        relative_ee: bool = False,
     ) -> None:
         check_int(port, "--port", lo=0, hi=65535)
+        if relative_ee and policy.action_cfg.space != "ee_pose":
+            raise ConfigError(f"--relative-ee needs a policy of the 'ee_pose' action space; {policy.checkpoint} "
+                              f"predicts '{policy.action_cfg.space}' actions")
+        self.relative_ee = bool(relative_ee)
         check_int(max_message_bytes, "--max-message-bytes", lo=1024)
         if api_key is not None and not api_key.strip():
             raise ConfigError("--api-key is empty; pass a key or leave it out")
@@ -176,6 +186,7 @@ class PolicyServer:
             "reserved_keys": list(RESERVED_KEYS),
             "max_message_bytes": self.max_message_bytes,
             "viewer": self.viewer is not None,
+            "relative_ee": self.relative_ee,
         }
 
     def metadata(self) -> dict[str, Any]:
@@ -218,7 +229,12 @@ class PolicyServer:
         infer_ms = 1e3 * (time.perf_counter() - t0)
         reply: dict[str, Any] = {"actions": np.asarray(out["actions"], np.float32),
                                  "policy_timing": dict(out.get("latency_ms", {}))}
-        if "ee_pose" in out:
+        if self.relative_ee:  # the chunk in the EE frame of the request's pose; the robot re-anchors it
+            keys = self.policy.action_cfg.ee_keys
+            ref = reference_pose(native, keys)
+            reply["actions"] = chunk_to_relative(reply["actions"], ref, num_arms=len(keys)).astype(np.float32)
+            reply["relative"] = True
+        elif "ee_pose" in out:
             reply["ee_pose"] = np.asarray(out["ee_pose"], np.float32)
         if kw.get("return_poses") and "pose_tokens" in out:
             reply["pose_tokens"] = out["pose_tokens"]
