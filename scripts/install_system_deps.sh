@@ -26,7 +26,8 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "posevla: installing ${missing[*]} ${missing_optional[*]}"
-$SUDO apt-get update -qq
+# an unreachable package index only matters when a required package is missing
+$SUDO apt-get update -qq || [ ${#missing[@]} -eq 0 ]
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
