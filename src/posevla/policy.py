@@ -290,15 +290,12 @@ class Policy:
                             f"('{self.action_names[c]}')",
                             field="action_prefix", fix=fix)
         k = prefix.shape[0]
-        def bad_int(v: Any) -> bool:
-            return isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
-
-        if bad_int(inference_delay) or not 0 <= inference_delay <= k:
+        if _not_int(inference_delay) or not 0 <= inference_delay <= k:
             raise DataError(f"inference_delay must be an integer in [0, k = {k}] (the prefix's length), got "
                             f"{inference_delay!r}", field="inference_delay",
                             fix="send the number of prefix actions that run before the new chunk can start")
         s = H - k if execution_horizon is None else execution_horizon
-        if bad_int(s) or not 1 <= s <= H - int(inference_delay):
+        if _not_int(s) or not 1 <= s <= H - int(inference_delay):
             raise DataError(f"execution_horizon must be an integer in [1, H - inference_delay = "
                             f"{H - int(inference_delay)}], got {execution_horizon!r} (H = {H}, k = {k})",
                             field="execution_horizon",
@@ -445,6 +442,10 @@ class ActionChunker:
             self.queried = True
             self.last_output = out
         return self._queue.popleft()
+
+
+def _not_int(v: Any) -> bool:
+    return isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
 
 
 def as_policy_output(raw: Any) -> PolicyOutput:
