@@ -356,11 +356,11 @@ class ServeArgs:
     relative_ee: bool = False
     """Send ee_pose chunks relative to the EE pose at request time (the robot re-anchors them)."""
     viewer: bool = True
-    """Serve the live plan viewer at /viewer (decodes the VLM's waypoint plan for every request)."""
+    """Serve the live plan viewer at /viewer (while the page is open, requests also decode the waypoint plan)."""
     device: str = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
-    """Noise seed of requests that send no 'seed'."""
+    """Seed of the noise of requests that send no 'seed' (request k draws from SeedSequence([seed, k]))."""
 
     def __post_init__(self) -> None:
         check_int(self.port, "--port", lo=0, hi=65535)
