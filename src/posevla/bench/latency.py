@@ -256,31 +256,17 @@ def bench_expert(name: str, args: BenchLatencyArgs, reference: ModuleType) -> di
 
 
 def _tiny_checkpoint(data: Path, steps: int, out: Path) -> Path:
-    """A ``posttrain-tiny`` run of `steps` steps on `data` (from scratch, batch 2), as in the policy tests."""
+    """A ``posttrain-tiny`` run of `steps` steps on `data` in the config's own action space, its constant dims
+    found in the data (centred, not z-scored, as the demo does)."""
+    from posevla.bench.serve import tiny_checkpoint
     from posevla.data.actions import constant_dims
     from posevla.data.formats.lerobot import load_lerobot_v3
-    from posevla.training.config import DataConfig
     from posevla.training.configs import get_config
-    from posevla.training.trainer import train
 
-    cfg = get_config("posttrain-tiny")
-    constant = constant_dims(load_lerobot_v3(data), cfg.action)  # centred, not z-scored (as the demo does)
-    action = dataclasses.replace(cfg.action, constant_dims=tuple(cfg.action.constant_dims) + constant)
-    cfg = dataclasses.replace(
-        cfg,
-        init_checkpoint=None,
-        data=DataConfig(train_data=str(data)),
-        out_dir=str(out),
-        steps=steps,
-        batch_size=2,
-        save_every=steps,
-        log_every=1,
-        optim=dataclasses.replace(cfg.optim, warmup_steps=1),
-        progress=False,
-        action=action,
-    )
-    train(cfg)
-    return out
+    base = get_config("posttrain-tiny").action
+    constant = constant_dims(load_lerobot_v3(data), base)
+    action = dataclasses.replace(base, constant_dims=tuple(base.constant_dims) + constant)
+    return tiny_checkpoint(out, data=data, steps=steps, action=action)
 
 
 def bench_server(args: BenchLatencyArgs) -> dict[str, Any]:
@@ -291,13 +277,9 @@ def bench_server(args: BenchLatencyArgs) -> dict[str, Any]:
     from posevla.data.formats.lerobot import load_lerobot_v3
     from posevla.policy import Policy
 
-    try:
-        from posevla.serving.client import PolicyClient
-        from posevla.serving.server import serve_in_thread
-    except ImportError as e:
-        raise ConfigError(
-            f"the server part needs posevla.serving ({e}); time the expert alone with --part expert"
-        ) from None
+    from posevla.serving.client import PolicyClient
+    from posevla.serving.server import serve_in_thread
+
     data = Path(args.data) if args.data else REPO / "tests" / "fixtures" / "lerobot_v3_tiny"
     if not data.is_dir():
         raise ConfigError(

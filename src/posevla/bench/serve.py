@@ -254,24 +254,30 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def tiny_checkpoint(out: Path) -> Path:
-    """A tiny post-trained checkpoint (2 steps on the LeRobot fixture), for serving benchmarks and tests."""
+def tiny_checkpoint(out: Path, *, data: Path = FIXTURE, steps: int = 2, action: Any = None) -> Path:
+    """A tiny post-trained checkpoint (`steps` steps of ``posttrain-tiny`` from scratch, batch 2, on the LeRobot
+    dataset `data`), for the serving and latency benchmarks and tests; an existing run at `out` is reused.
+
+    Args:
+        action: the `ActionConfig` (default: the ``ee_pose`` space with the fixture's constant dims).
+    """
     import dataclasses
 
     from posevla.data.action_space import ActionConfig
+    from posevla.errors import ConfigError
     from posevla.training.config import DataConfig
     from posevla.training.configs import get_config
     from posevla.training.trainer import train
 
     if (out / "checkpoints" / "latest.json").exists():
         return out
-    if not FIXTURE.is_dir():
-        raise SystemExit(f"{FIXTURE} not found (it ships with the repository); pass --checkpoint RUN")
+    if not Path(data).is_dir():
+        raise ConfigError(f"{data} not found (the default ships with the repository); pass --checkpoint RUN")
     cfg = get_config("posttrain-tiny")
     cfg = dataclasses.replace(
-        cfg, init_checkpoint=None, data=DataConfig(train_data=str(FIXTURE)), out_dir=str(out), steps=2, batch_size=2,
-        save_every=2, log_every=1, optim=dataclasses.replace(cfg.optim, warmup_steps=1), progress=False,
-        action=ActionConfig(constant_dims=("z", "R20", "R21")),
+        cfg, init_checkpoint=None, data=DataConfig(train_data=str(data)), out_dir=str(out), steps=steps,
+        batch_size=2, save_every=steps, log_every=1, optim=dataclasses.replace(cfg.optim, warmup_steps=1),
+        progress=False, action=action if action is not None else ActionConfig(constant_dims=("z", "R20", "R21")),
     )
     train(cfg)
     return out

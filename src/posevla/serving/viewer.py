@@ -41,7 +41,7 @@ import numpy as np
 
 from posevla.data.schema import IMAGE_PREFIX, camera_K_key, camera_T_key
 from posevla.errors import DataError
-from posevla.geometry.camera import resize_pad_params
+from posevla.geometry.camera import project_points, resize_pad_params
 
 __all__ = ["Viewer", "PALETTE", "EE_COLOR", "anchor_to_image", "project_to_image", "plan_tracks", "ee_tracks"]
 
@@ -108,8 +108,7 @@ def project_to_image(K: Any, p_cam: Any) -> np.ndarray:
     out = np.full((p.shape[0], 2), np.nan)
     ok = np.all(np.isfinite(p), axis=1) & (p[:, 2] > _NEAR)
     if ok.any():
-        ph = p[ok] @ K.T
-        out[ok] = ph[:, :2] / ph[:, 2:3]
+        out[ok] = project_points(K, p[ok])  # (n, 2)
     return out
 
 
