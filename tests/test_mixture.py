@@ -115,6 +115,7 @@ def test_single_source_mixture_gives_the_single_dataset_batches(tiny_dataset, lo
         _, want = next(ref)
         got = mix.batch(k, codec, tok)
         assert torch.equal(got.pop("source"), torch.zeros(2, dtype=torch.int64))
+        assert got.pop("prior_draw").shape == (2, 2)  # the modality-dropout draws of the training loop
         assert got.keys() == want.keys() and all(torch.equal(got[key], want[key]) for key in want)
 
 

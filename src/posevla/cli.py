@@ -4,7 +4,9 @@
                                                   stage 2 → post-training (pose-pretrained vs scratch) → closed loop
   posevla generate --out DIR --num-scenes N       MuJoCo tabletop scenes in the Omni3D json format
   posevla metaworld-demos --tasks T [T ...] --out DIR   scripted-expert MetaWorld demos as a LeRobot v3 dataset
-  posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...)
+  posevla train CONFIG [--steps N ...] [--resume] one training run (CONFIG: stage1-tiny, debug, ...); under
+                                                  torchrun with --parallel ddp|fsdp (docs/training-at-scale.md)
+  posevla plan CONFIG --gpus 16 --gpu-mem-gb 96   per-GPU memory (params, grads, AdamW, activations), tokens/step
   posevla eval grounding --checkpoint C --data D  AP3D and pose errors on a grounding dataset
   posevla eval sim --checkpoint C --tasks T [T ...]   closed-loop success of a post-trained policy (--env metaworld)
   posevla tokens report --bins B --data D         per-family quantisation error and bin usage
@@ -13,6 +15,7 @@
   posevla bench data [--workers 1 2] [--json]     loader vs training-step samples/s on generated scenes
   posevla bench serve [--clients 32 --requests 500]   server load + malformed-frame fuzz: failures, p50/p99, memory
   posevla bench latency [--json OUT]              action-chunk latency vs transformers' PI0; server round trip
+  posevla bench train [--ranks 1 2] [--out J]     train-step time vs transformers' PI0, FLOP/s, tokens/s per rank
   posevla serve --checkpoint C [--port 8000]      the policy behind an openpi-compatible websocket server
   posevla run-robot --server URL --env E --task T the real-time robot loop (RTC or naive chunking) on a simulated robot
 
@@ -324,7 +327,8 @@ def _doctor(argv: list[str]) -> None:
         raise SystemExit(1)
 
 
-BENCHES = {"data": "posevla.bench.data", "serve": "posevla.bench.serve", "latency": "posevla.bench.latency"}
+BENCHES = {"data": "posevla.bench.data", "serve": "posevla.bench.serve", "latency": "posevla.bench.latency",
+           "train": "posevla.bench.train"}
 
 
 def _bench(argv: list[str]) -> None:
@@ -333,7 +337,9 @@ def _bench(argv: list[str]) -> None:
     if not argv or argv[0] not in BENCHES:
         print("usage: posevla bench data [--num-scenes N] [--workers 1 2] [--json]\n"
               "       posevla bench serve [--checkpoint C] [--clients 32] [--requests 500] [--json OUT]\n"
-              "       posevla bench latency [--json OUT]")
+              "       posevla bench latency [--json OUT]\n"
+              "       posevla bench train [--ranks 1 2] [--compile] [--out JSON]\n"
+              "       posevla bench data --size paligemma-3b [--profile]")
         raise SystemExit(2)
     importlib.import_module(BENCHES[argv[0]]).main(argv[1:])
 
@@ -457,7 +463,58 @@ def _serve(argv: list[str]) -> None:
     server.serve_forever()
 
 
+@dataclasses.dataclass(frozen=True)
+class PlanArgs:
+    """Per-GPU memory (weights, gradients, AdamW, activations) and tokens of one training step of a config."""
+
+    config: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="CONFIG")]
+    """A training config (as for `posevla train`), e.g. stage1-paligemma-3b."""
+    gpus: int = 1
+    """GPUs (torchrun ranks) of the run; the global batch is split evenly over them."""
+    gpu_mem_gb: float | None = None
+    """Memory per GPU (GB) to check the plan against."""
+    parallel: Literal["none", "ddp", "fsdp"] | None = None
+    """How the GPUs share the model (default: the config's)."""
+    activation_checkpointing: bool = False
+    """Plan with activation checkpointing (default: the config's setting)."""
+    batch_size: int | None = None
+    """Global batch (default: the config's)."""
+    batch_per_gpu: int | None = None
+    """Samples per GPU (default: the global batch / --gpus)."""
+    precision: Literal["fp32", "bf16", "bf16-pure"] | None = None
+    """Default: the config's (auto plans bf16)."""
+    answer_tokens: int | None = None
+    """Answer tokens per sample of the token objective (default 256)."""
+
+    def __post_init__(self) -> None:
+        check_int(self.gpus, "--gpus", lo=1)
+        if self.batch_size is not None:
+            check_int(self.batch_size, "--batch-size", lo=1)
+        if self.batch_per_gpu is not None:
+            check_int(self.batch_per_gpu, "--batch-per-gpu", lo=1)
+        if self.gpu_mem_gb is not None and not self.gpu_mem_gb > 0:
+            from posevla.errors import ConfigError
+
+            raise ConfigError(f"--gpu-mem-gb must be a positive number of GB (e.g. 96), got {self.gpu_mem_gb}")
+
+
+def _plan(argv: list[str]) -> None:
+    from posevla.training.configs import get_config
+    from posevla.training.plan import memory_plan
+
+    a = tyro.cli(PlanArgs, args=argv, prog="posevla plan")
+    with given_as("CONFIG"):
+        cfg = get_config(a.config)
+    if a.batch_size is not None:
+        cfg = dataclasses.replace(cfg, batch_size=a.batch_size)
+    plan = memory_plan(cfg, gpus=a.gpus, parallel=a.parallel, batch_per_gpu=a.batch_per_gpu, precision=a.precision,
+                       activation_checkpointing=True if a.activation_checkpointing else None,  # else the config's
+                       answer_tokens=a.answer_tokens, gpu_mem_gb=a.gpu_mem_gb)
+    print(plan.table())
+
+
 VERBS = {
+    "plan": _plan,
     "demo": _demo,
     "generate": _generate,
     "metaworld-demos": _metaworld_demos,

@@ -15,6 +15,28 @@ One run measures, on the same generated dataset and the same batches:
 
 The two are timed one after the other, each with the whole machine; while training, the loader workers
 and the training step share the cores.
+
+**Paper size** (``--size paligemma-3b``): the same loader at the paper model's layout (224 px, 3 views,
+256 image tokens per view, 64-token prompt, the paper's token counts) on scenes rendered at ``--width`` ×
+``--height`` (default 640 × 480, Omni3D-like), every stored image shown as **3 pseudo-views** (random crops,
+spec §2.1) with the depth and ray-map priors. It reports samples/s of one loader worker process as at the
+paper's scale (≈ 234k Omni3D images, of which a per-worker LRU of 512 MB holds a fraction of a percent): every
+sample decodes its image once and its three crops share it (timed with a cache of about one image). No 3B
+step runs on a CPU; instead the samples/s one GPU consumes is estimated from the step's FLOPs:
+
+* FLOPs per sample ≈ 6 · N · T + attention: N = the Pose-VLM's parameters (`posevla.models.counts`:
+  SigLIP + projector + Gemma with its tied embedding + priors + pose rows ≈ 2.95 B), T = the padded tokens of
+  a sample (3 × 256 image + 64 prompt + answer, from the loader's batches), 6 = 2 (multiply-add) × 3
+  (forward + backward); attention adds 3 × 4 · T² · d_attn per Gemma layer (QKᵀ and PV, forward +
+  backward; d_attn = heads × head_dim) and 3 × 4 · 256² · d_vision per SigLIP layer and view;
+* samples/s per GPU = MFU × peak / FLOPs per sample (``--mfu`` 0.40 of ``--gpu-tflops`` 989, an H100's dense
+  bf16) ≈ 25;
+* workers per GPU = ⌈ samples/s per GPU / samples/s per worker ⌉ (the paper-scale figure), against the target
+  ``--max-workers-per-gpu`` (6). ``--profile`` adds where one worker's time goes (cProfile of the batch
+  function in this process, top entries by cumulative time).
+
+The tokenizer is the scratch BPE with the pose tokens (PaliGemma's own needs its weights); prompts and answers
+are a few dozen tokens either way, a small share of a sample's cost next to the images.
 """
 
 from __future__ import annotations
@@ -24,6 +46,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +77,20 @@ class BenchDataArgs:
     """torch intra-op threads of the training step (0 = torch's default)."""
     json: bool = False
     """Print the figures as one JSON object."""
+    size: str | None = None
+    """A model size (``paligemma-3b``): time the stage-1 loader at that layout with pseudo-views and estimate
+    the workers one GPU needs (module docstring); the scenes default to 640 × 480 then."""
+    batch_size: int = 8
+    """--size: examples per timed batch (samples/s does not depend on it)."""
+    batches: int = 8
+    """--size: batches timed per loader (after one warm-up batch)."""
+    gpu_tflops: float = 989.0
+    """--size: the GPU's dense bf16 peak (TFLOP/s; an H100 SXM)."""
+    mfu: float = 0.40
+    """--size: the model FLOPs utilisation the GPU step reaches."""
+    max_workers_per_gpu: int = 6
+    profile: bool = False
+    """--size: also profile the batch function (cProfile, top entries)."""
 
 
 def _time_loader(mixture: Any, codec: Any, tokenizer: Any, workers: int, per_epoch: int) -> dict[str, float]:
@@ -165,6 +202,168 @@ def run_bench_data(args: BenchDataArgs) -> dict[str, Any]:
     }
 
 
+# -- paper size: one worker's samples/s and the workers one GPU needs ---------------------------------------
+
+
+def gpu_samples_per_s(params: int, tokens: int, cfg: Any, gpu_tflops: float, mfu: float) -> dict[str, Any]:
+    """The samples/s one GPU consumes in training (module docstring: 6·N·T + attention FLOPs per sample).
+
+    Args:
+        params: N, the model's parameters.
+        tokens: T, the padded sequence length of a sample.
+        cfg: the model's `PoseVLMConfig` (layers, widths, views, tokens per view).
+    """
+    dense = 6 * params * tokens
+    lm_attn = 3 * 4 * tokens**2 * cfg.text_heads * cfg.head_dim * cfg.text_layers
+    vis_attn = 3 * 4 * cfg.tokens_per_view**2 * cfg.vision_hidden * cfg.vision_layers * cfg.num_views
+    flops = dense + lm_attn + vis_attn
+    sps = mfu * gpu_tflops * 1e12 / flops
+    return {"params": params, "tokens": tokens, "dense_flops": dense, "attention_flops": lm_attn + vis_attn,
+            "flops_per_sample": flops, "gpu_tflops": gpu_tflops, "mfu": mfu, "samples_per_s": sps}
+
+
+def _paper_mixture(loaded: Any, spec: ExampleSpec, batch_size: int, seed: int, cache_mb: float) -> Any:
+    """The stage-1 mixture of `loaded` (pseudo-views from every stored image) with a `cache_mb` source cache."""
+    from posevla.data.datasets import GroundingDataset
+    from posevla.data.mixture import Mixture
+    from posevla.data.views import DEFAULT_CROPS
+
+    src = loaded[0]
+    ds = GroundingDataset(src.scenes, spec, label_filter=src.spec.label_filter(), negative_prob=0.1, seed=seed,
+                          pseudo_views=DEFAULT_CROPS, source_cache_mb=cache_mb)
+    return Mixture([ds], [src.spec.label], batch_size=batch_size, seed=seed)
+
+
+#: Source-image cache of the paper-scale timing: about one decoded 640 × 480 image (RGB + depth), so every
+#: sample decodes its image once and its three crops share it, as when the images outnumber any cache.
+PAPER_SCALE_MB = 4.0
+
+
+def _time_worker(mixture: Any, codec: Any, tokenizer: Any, batches: int) -> float:
+    """Samples/s of one loader worker process over `batches` batches, after one warm-up batch."""
+    stream = mixture.batches(0, codec, tokenizer, num_workers=1, prefetch=1)
+    try:
+        next(stream)  # the worker's start-up and first batch
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(stream)
+        return batches * mixture.batch_size / (time.perf_counter() - t0)
+    finally:
+        stream.close()
+
+
+def _profile(mixture: Any, codec: Any, tokenizer: Any, batches: int, top: int = 14) -> list[dict[str, Any]]:
+    """cProfile of `batches` calls of the batch function in this process: the top entries by cumulative time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for k in range(batches):
+        mixture.batch(1000 + k, codec, tokenizer)
+    prof.disable()
+    st = pstats.Stats(prof)
+    total = max(st.total_tt, 1e-9)
+    rows = []
+    for (file, line, fn), (_, calls, tt, ct, _) in sorted(st.stats.items(), key=lambda kv: -kv[1][3]):
+        if "posevla" not in file and not rows:
+            continue  # start at the pipeline's own entry
+        rows.append({"function": f"{Path(file).name}:{line}({fn})", "calls": calls,
+                     "cum_s": round(ct, 3), "self_s": round(tt, 3), "cum_share": round(ct / total, 3)})
+        if len(rows) == top:
+            break
+    return rows
+
+
+def run_bench_data_paper(args: BenchDataArgs) -> dict[str, Any]:
+    """The loader at a paper-size layout and the workers one GPU needs (module docstring); returns the figures."""
+    import math
+
+    from posevla.models.config import get_model_config
+    from posevla.models.counts import analytic_counts
+    from posevla.models.text import PoseTextTokenizer
+    from posevla.sim.tabletop import generate_dataset
+    from posevla.tokens import BinCounts, PoseCodec
+
+    if args.size != "paligemma-3b":
+        raise ConfigError(f"--size {args.size!r}: the paper-size loader bench knows paligemma-3b")
+    for flag, v in (("--batch-size", args.batch_size), ("--batches", args.batches),
+                    ("--max-workers-per-gpu", args.max_workers_per_gpu)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    if not (0 < args.mfu <= 1 and args.gpu_tflops > 0):
+        raise ConfigError(f"--mfu must be in (0, 1] and --gpu-tflops > 0, got {args.mfu}, {args.gpu_tflops}")
+    cfg = get_model_config(args.size, base="checkpoints/paligemma-3b-pt-224")  # the paper's vocabulary size
+    counts = BinCounts()  # the paper's token counts
+    spec = ExampleSpec.from_model(cfg)
+    width, height = (640, 480) if (args.width, args.height) == (256, 192) else (args.width, args.height)
+    tmp, data = None, args.data
+    t = time.perf_counter()
+    if data is None:
+        tmp = tempfile.TemporaryDirectory(prefix="posevla-bench-")
+        data = tmp.name
+        generate_dataset(data, args.num_scenes, seed=0, width=width, height=height, workers=1, progress=False)
+    gen_s = time.perf_counter() - t
+    try:
+        loaded = [load_source(SourceSpec("generated", str(data), pseudo_views=True))]
+        bins = fit_source_bins(loaded, counts)
+        codec = PoseCodec(bins)
+        tokenizer = PoseTextTokenizer.build_scratch()
+        tokenizer.add_pose_tokens(codec.vocabulary())
+        probe = _paper_mixture(loaded, spec, args.batch_size, 0, PAPER_SCALE_MB)
+        tokens = int(probe.batch(0, codec, tokenizer)["input_ids"].shape[1])  # T, padded
+        sps = _time_worker(_paper_mixture(loaded, spec, args.batch_size, 0, PAPER_SCALE_MB), codec, tokenizer,
+                           args.batches)
+        prof = _profile(_paper_mixture(loaded, spec, args.batch_size, 0, PAPER_SCALE_MB), codec, tokenizer,
+                        max(1, args.batches // 2)) if args.profile else None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    params = analytic_counts(cfg, bins=counts).total
+    gpu = gpu_samples_per_s(params, tokens, cfg, args.gpu_tflops, args.mfu)
+    workers = math.ceil(gpu["samples_per_s"] / sps)
+    return {
+        "size": args.size,
+        "layout": {"image_size": spec.image_size, "views": spec.num_views, "tokens_per_view": spec.n_image_tokens,
+                   "prompt_len": spec.prompt_len, "pseudo_views": True, "priors": ["depth", "ray"]},
+        "dataset": {"scenes": len(loaded[0].scenes), "stored_images": sum(len(s.views) for s in loaded[0].scenes),
+                    "entries": len(probe.datasets[0]), "image": [width, height],
+                    "generate_s": round(gen_s, 2) if tmp is not None else None},
+        "batch_size": args.batch_size,
+        "batches_timed": args.batches,
+        "cpu_count": os.cpu_count(),
+        "worker_samples_per_s": round(sps, 2),
+        "gpu": gpu,
+        "workers_per_gpu": workers,
+        "max_workers_per_gpu": args.max_workers_per_gpu,
+        "within_target": workers <= args.max_workers_per_gpu,
+        "profile": prof,
+    }
+
+
+def format_bench_data_paper(res: dict[str, Any]) -> str:
+    """The paper-size figures and the arithmetic behind the workers per GPU."""
+    lay, d, g, w = res["layout"], res["dataset"], res["gpu"], res["worker_samples_per_s"]
+    lines = [
+        (f"stage-1 loader at {res['size']}: {lay['views']} pseudo-views × {lay['image_size']} px "
+         f"({lay['tokens_per_view']} tokens each) + depth & ray priors, prompt {lay['prompt_len']}; "
+         f"{d['stored_images']} stored {d['image'][0]}×{d['image'][1]} images, {d['entries']} entries, "
+         f"batch {res['batch_size']}, {res['batches_timed']} batches; {res['cpu_count']} CPUs"),
+        f"one loader worker: {w:.1f} samples/s (every sample decodes its image once, as at the paper's scale)",
+        (f"GPU step: FLOPs/sample ≈ 6 · N · T + attention = 6 · {g['params'] / 1e9:.3f} B · {g['tokens']} + "
+         f"{g['attention_flops'] / 1e12:.2f} T = {g['flops_per_sample'] / 1e12:.2f} TFLOP"),
+        (f"  samples/s per GPU = {g['mfu']:.0%} MFU · {g['gpu_tflops']:.0f} TFLOP/s / "
+         f"{g['flops_per_sample'] / 1e12:.2f} TFLOP = {g['samples_per_s']:.1f}"),
+        (f"workers per GPU = ⌈{g['samples_per_s']:.1f} / {w:.1f}⌉ = {res['workers_per_gpu']} "
+         f"(target ≤ {res['max_workers_per_gpu']}: {'met' if res['within_target'] else 'NOT met'})"),
+    ]
+    if res["profile"]:
+        lines.append("where one worker's time goes (cProfile, cumulative):")
+        lines += [f"  {r['cum_share']:>6.1%} {r['cum_s']:>7.3f} s  {r['calls']:>6}×  {r['function']}"
+                  for r in res["profile"]]
+    return "\n".join(lines)
+
+
 def format_bench_data(res: dict[str, Any]) -> str:
     """The figures as a small text table."""
     d = res["dataset"]
@@ -191,5 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     import tyro
 
     args = tyro.cli(BenchDataArgs, args=argv, prog="posevla bench data")
+    if args.size is not None:
+        res = run_bench_data_paper(args)
+        print(json.dumps(res, indent=2) if args.json else format_bench_data_paper(res))
+        return
     res = run_bench_data(args)
     print(json.dumps(res, indent=2) if args.json else format_bench_data(res))

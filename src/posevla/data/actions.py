@@ -51,7 +51,8 @@ from posevla.data.action_space import (
 from posevla.data.collate import ExampleSpec, batch_indices, collate
 from posevla.data.formats.lerobot import CameraConfig, LeRobotV3Dataset
 from posevla.data.formats.lerobot.schema import MAX_DEPTH_M
-from posevla.data.grounding import PreparedView, empty_view, prepare_view
+from posevla.data.mixture import prior_draws
+from posevla.data.grounding import PreparedView, empty_view, prepare_view, stable_seed
 from posevla.data.input_spec import InputSpec, state_layout
 from posevla.data.normalize import NormStats
 from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX, camera_K_key, camera_T_key
@@ -488,10 +489,17 @@ class ActionBatches:
     max_state_dim: int
     max_action_dim: int
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+    flow_beta: tuple[float, float] = (1.5, 1.0)
+    """(α, β) of the flow time's Beta distribution (the expert's ``time_beta``)."""
+    flow_time_min: float = 0.001
+    """The expert's ``time_min``."""
+
+    def __call__(self, step: int, rows: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Batch `step`; with `rows` = (lo, hi) only those rows (a rank's share of a distributed run)."""
         _, idx = batch_indices(len(self.dataset), self.batch_size, self.seed, step)
-        examples = [self.dataset.example(int(i)) for i in idx]
-        return collate_actions(
+        lo, hi = rows if rows is not None else (0, len(idx))
+        examples = [self.dataset.example(int(i)) for i in idx[lo:hi]]
+        batch = collate_actions(
             examples,
             self.tokenizer,
             self.dataset.spec,
@@ -499,6 +507,28 @@ class ActionBatches:
             max_action_dim=self.max_action_dim,
             priors=self.dataset.cfg.priors,
         )
+        H = self.dataset.cfg.chunk_size
+        noise, tau = zip(*(flow_noise_and_time(self.seed, step, r, H, self.max_action_dim, self.flow_beta,
+                                               self.flow_time_min) for r in range(lo, hi)))
+        batch["flow_noise"] = torch.from_numpy(np.stack(noise))  # (B, H, max_action_dim)
+        batch["flow_time"] = torch.from_numpy(np.asarray(tau, np.float32))  # (B,)
+        batch["prior_draw"] = prior_draws(self.seed, step, range(lo, hi))  # (B, 2)
+        return batch
+
+
+def flow_noise_and_time(
+    seed: int, step: int, row: int, horizon: int, action_dim: int, beta: tuple[float, float], time_min: float
+) -> tuple[np.ndarray, float]:
+    """The flow-matching noise ε (horizon, action_dim) float32 and flow time τ of row `row` of batch `step`.
+
+    A pure function of (seed, step, row), like the batch itself, so a distributed run (each rank drawing only
+    its rows), a resumed run and a one-process run train on the same noise. τ = time_min + (1 − time_min)·
+    Beta(α, β), the distribution of `posevla.models.flow_matching.sample_flow_time`.
+    """
+    rng = np.random.default_rng(stable_seed("flow", seed, step, row))
+    noise = rng.standard_normal((horizon, action_dim)).astype(np.float32)  # (H, A_max)
+    tau = time_min + (1.0 - time_min) * float(rng.beta(beta[0], beta[1]))
+    return noise, tau
 
 
 def constant_dims(dataset: LeRobotV3Dataset, cfg: ActionConfig) -> tuple[str, ...]:

@@ -141,12 +141,19 @@ class Mixture:
                 rows.append((int(s), int(rng.integers(n)), epoch))
         return rows
 
-    def batch(self, step: int, codec: Any, tokenizer: Any) -> dict[str, torch.Tensor]:
-        """Model batch of step `step` plus ``source`` (B,) int64."""
+    def batch(
+        self, step: int, codec: Any, tokenizer: Any, rows: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model batch of step `step` plus ``source`` (B,) int64; with `rows` = (lo, hi) only those rows of
+        it (a rank's share in a distributed run: only its own examples are built)."""
         plan = self.plan(step)
+        if rows is not None:
+            plan = plan[rows[0] : rows[1]]
         examples = [self.datasets[s].example(i, e) for s, i, e in plan]
         out = collate(examples, codec, tokenizer, self.spec)
         out["source"] = torch.tensor([s for s, _, _ in plan], dtype=torch.int64)  # (B,)
+        lo = rows[0] if rows is not None else 0
+        out["prior_draw"] = prior_draws(self.seed, step, range(lo, lo + len(plan)))  # (B, 2)
         return out
 
     def batch_fn(self, codec: Any, tokenizer: Any) -> Callable[[int], dict[str, torch.Tensor]]:
@@ -173,14 +180,24 @@ class Mixture:
         )
 
 
+def prior_draws(seed: int, step: int, rows: Sequence[int] | range) -> torch.Tensor:
+    """(len(rows), 2) float32 uniform draws in [0, 1) of the depth / ray modality dropout of batch `step`.
+
+    A function of (seed, step, row), like the batch: a rank of a distributed run draws its rows alone and
+    gets what one process draws for them (the model compares them with ``PoseVLMConfig.prior_dropout``).
+    """
+    u = [np.random.default_rng(stable_seed("prior-drop", seed, step, r)).random(2) for r in rows]
+    return torch.from_numpy(np.asarray(u, dtype=np.float32).reshape(-1, 2))
+
+
 @dataclasses.dataclass
 class _MixtureBatches:
     mixture: Mixture
     codec: Any
     tokenizer: Any
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        return self.mixture.batch(step, self.codec, self.tokenizer)
+    def __call__(self, step: int, rows: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        return self.mixture.batch(step, self.codec, self.tokenizer, rows)
 
 
 def build_mixture(

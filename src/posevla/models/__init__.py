@@ -9,6 +9,7 @@ Public API::
     PoseVLA                                                        # pose_vla.py: compute_loss, sample_actions
     PoseTextTokenizer                                              # text.py
     load_pi0_checkpoint, load_pi0_state_dict, expert_config_from_pi0   # pi0_weights.py
+    init_expert_from_pi0                                           #   (the expert alone, from a π0 dir)
 """
 
 from posevla.models.config import (
@@ -20,7 +21,12 @@ from posevla.models.config import (
     get_model_config,
 )
 from posevla.models.factory import build_policy, build_vlm
-from posevla.models.pi0_weights import expert_config_from_pi0, load_pi0_checkpoint, load_pi0_state_dict
+from posevla.models.pi0_weights import (
+    expert_config_from_pi0,
+    init_expert_from_pi0,
+    load_pi0_checkpoint,
+    load_pi0_state_dict,
+)
 from posevla.models.pose_vla import PoseVLA
 from posevla.models.posevlm import GenerationResult, PoseVLM
 from posevla.models.text import PoseTextTokenizer
@@ -41,4 +47,5 @@ __all__ = [
     "load_pi0_checkpoint",
     "load_pi0_state_dict",
     "expert_config_from_pi0",
+    "init_expert_from_pi0",
 ]

@@ -43,7 +43,7 @@ from posevla.errors import ConfigError, DataError
 from posevla.models.config import ActionExpertConfig, to_gemma_config
 from posevla.models.flow_matching import euler_schedule, sinusoidal_time_embedding
 
-__all__ = ["GemmaActionExpert", "PrefixKV", "joint_attention_mask", "ChunkFlow"]
+__all__ = ["GemmaActionExpert", "PrefixKV", "joint_attention_mask", "suffix_attention_mask", "ChunkFlow"]
 
 
 # -- attention mask ------------------------------------------------------------------------------------------
@@ -72,6 +72,19 @@ def joint_attention_mask(prefix_pad_mask: torch.Tensor, horizon: int) -> torch.T
     )  # (B, L)
     causal_blocks = block[None, :] <= block[:, None]  # (L, L) [query, key]
     return causal_blocks[None] & valid[:, None, :] & valid[:, :, None]  # (B, L, L)
+
+
+def suffix_attention_mask(prefix_pad_mask: torch.Tensor, suffix_len: int) -> torch.Tensor:
+    """(B, S, P+S) bool: the suffix rows of `joint_attention_mask` (S = 1 + H), built directly.
+
+    The state row sees the real prefix tokens and itself; every action row sees the real prefix tokens, the
+    state and all actions.
+    """
+    B, P = prefix_pad_mask.shape
+    S, dev = int(suffix_len), prefix_pad_mask.device
+    own = torch.ones(S, S, dtype=torch.bool, device=dev)  # (S, S) [query, key] within the suffix
+    own[0, 1:] = False  # the state token does not see the actions
+    return torch.cat([prefix_pad_mask.bool()[:, None, :].expand(B, S, P), own.expand(B, S, S)], -1)  # (B, S, P+S)
 
 
 # -- the expert ----------------------------------------------------------------------------------------------
@@ -212,13 +225,15 @@ class GemmaActionExpert(nn.Module):
         if D != cfg.hidden:
             raise DataError(f"suffix embeddings of width {D}, expected {cfg.hidden}")
         self.check_prefix(prefix, B)
-        P = prefix.length
         pad = prefix.pad_mask.to(device=suffix.device, dtype=torch.bool)  # (B, P)
         n_valid = pad.long().sum(-1, keepdim=True)  # (B, 1)
         position_ids = n_valid + torch.arange(S, device=suffix.device)[None]  # (B, S)
-        allowed = joint_attention_mask(pad, S - 1)[:, P:]  # (B, S, P+S) suffix rows
-        mask = torch.zeros(allowed.shape, dtype=suffix.dtype, device=suffix.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(suffix.dtype).min)[:, None]  # (B, 1, S, P+S) additive
+        allowed = suffix_attention_mask(pad, S)[:, None]  # (B, 1, S, P+S) the suffix rows of joint_attention_mask
+        if self.gemma_config._attn_implementation == "eager":  # eager adds its mask to the scores
+            mask = torch.zeros(allowed.shape, dtype=suffix.dtype, device=suffix.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(suffix.dtype).min)  # (B, 1, S, P+S) additive
+        else:
+            mask = allowed  # SDPA takes the bool mask as is
         position_embeddings = self.rotary_emb(suffix, position_ids)  # cos, sin (B, S, head_dim)
         cache = _ReadOnlyPrefixCache(prefix.kv, detach=cfg.stop_gradient_to_vlm)
         h = suffix

@@ -1,5 +1,11 @@
 """Load π0 weights (transformers `PI0ForConditionalGeneration`, LeRobot or openpi layouts) into a policy.
 
+`init_expert_from_pi0` initialises only the action expert of a fresh policy (spec §2.3); `load_pi0_checkpoint`
+loads any selection of parts. Three checkpoint directories are recognised (`pi0_layout`), each
+``config.json`` + ``model.safetensors``: openpi's JAX→PyTorch conversion (keys ``paligemma_with_expert.…``,
+``state_proj``, ``action_in_proj``, …; its config names the Gemma variants, `PI0_GEMMA_VARIANTS`), LeRobot's
+``pi0`` policy (the same keys under ``model.``; ``"type": "pi0"``) and transformers' ``PI0`` (``dit_config``).
+
 Spec §2.3 initialises the action expert from π0 and §4.11 its state/action/time projections too; the VLM part
 of a π0 checkpoint can be loaded as well (the "PaliGemma+Expert" baseline). Every key layout goes through ONE
 table, `map_pi0_key` (``PG`` = ``[model.]paligemma_with_expert.paligemma``, ``EX`` = the same with
@@ -37,11 +43,14 @@ from posevla.errors import CheckpointError, ConfigError
 from posevla.models.config import ActionExpertConfig
 
 __all__ = [
+    "PI0_GEMMA_VARIANTS",
     "PI0_PARTS",
     "expert_config_from_pi0",
+    "init_expert_from_pi0",
     "load_pi0_checkpoint",
     "load_pi0_state_dict",
     "map_pi0_key",
+    "pi0_layout",
     "read_pi0_config",
 ]
 
@@ -67,14 +76,14 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         # LeRobot / openpi-PyTorch layout (also what PI0 save_pretrained writes)
         (_PG + r"(?:model\.)?vision_tower\.(?:vision_model\.)?", "vlm.hf.model.vision_tower."),
         (_PG + r"(?:model\.)?multi_modal_projector\.", "vlm.hf.model.multi_modal_projector."),
+        (_PG + r"(?:language_model\.)?lm_head\.weight$", "vlm.hf.model.language_model.embed_tokens.weight"),
         (_PG + r"(?:model\.)?language_model\.(?:model\.)?", "vlm.hf.model.language_model."),
-        (_PG + r"lm_head\.weight$", "vlm.hf.model.language_model.embed_tokens.weight"),
         (_EX + r"(?:lm_head|model\.embed_tokens)\.weight$", _DROP),
         (_EX + r"model\.(layers|norm)\.", r"expert.\1."),
         (r"^(?:model\.)?" + _PROJ + r"\.", r"expert.\1."),
     )
 )
-_LM_HEAD = re.compile(_PG + r"lm_head\.weight$")
+_LM_HEAD = re.compile(_PG + r"(?:language_model\.)?lm_head\.weight$")
 
 
 def map_pi0_key(key: str) -> str | None:
@@ -182,8 +191,38 @@ def load_pi0_state_dict(
     return sorted(mapped)
 
 
+#: openpi's Gemma variants (``openpi.models.gemma.get_config``; LeRobot's ``PI0Config`` uses the same names):
+#: our `ActionExpertConfig` size fields for each.
+PI0_GEMMA_VARIANTS: dict[str, dict[str, int]] = {
+    "dummy": {"hidden": 64, "layers": 4, "mlp": 128, "heads": 8, "kv_heads": 1, "head_dim": 16},
+    "gemma_300m": {"hidden": 1024, "layers": 18, "mlp": 4096, "heads": 8, "kv_heads": 1, "head_dim": 256},
+    "gemma_2b": {"hidden": 2048, "layers": 18, "mlp": 16384, "heads": 8, "kv_heads": 1, "head_dim": 256},
+}
+_HF_TEXT = {
+    "hidden": "hidden_size",
+    "layers": "num_hidden_layers",
+    "mlp": "intermediate_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+}
+
+
+def pi0_layout(config: Mapping[str, Any]) -> str | None:
+    """Which π0 ``config.json`` this is: ``"transformers"`` (``PI0Config``: ``dit_config``), ``"lerobot"``
+    (``"type": "pi0"``), ``"openpi"`` (its PyTorch conversion: ``action_expert_variant`` +
+    ``action_horizon``), or None."""
+    if "dit_config" in config and config.get("model_type", "pi0") == "pi0":
+        return "transformers"
+    if config.get("type") == "pi0":
+        return "lerobot"
+    if "action_expert_variant" in config and "action_horizon" in config:
+        return "openpi"
+    return None
+
+
 def read_pi0_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a π0 checkpoint directory (CheckpointError if absent or not π0)."""
+    """The parsed ``config.json`` of a π0 checkpoint directory in any `pi0_layout` (CheckpointError otherwise)."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory} has no config.json; expected a π0 checkpoint directory")
@@ -191,43 +230,90 @@ def read_pi0_config(directory: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if cfg.get("model_type", "pi0") != "pi0" or "dit_config" not in cfg:
+    if not isinstance(cfg, dict) or pi0_layout(cfg) is None:
+        what = cfg.get("type", cfg.get("model_type")) if isinstance(cfg, dict) else type(cfg).__name__
         raise CheckpointError(
-            f"{path} describes model_type {cfg.get('model_type')!r} without a 'dit_config'; expected a π0 "
-            "checkpoint (transformers PI0Config)"
+            f"{path} (type/model_type {what!r}) is not a π0 config; expected transformers' PI0Config "
+            "('dit_config'), LeRobot's ('\"type\": \"pi0\"') or openpi's PyTorch conversion "
+            "('action_expert_variant', 'action_horizon'); π0.5 checkpoints are not supported"
         )
     return cfg
+
+
+def _variant(cfg: Mapping[str, Any], key: str, default: str) -> dict[str, int]:
+    name = cfg.get(key, default)
+    if name not in PI0_GEMMA_VARIANTS:
+        raise CheckpointError(
+            f"π0 config field {key}={name!r} is not a known Gemma variant {sorted(PI0_GEMMA_VARIANTS)}"
+        )
+    return PI0_GEMMA_VARIANTS[name]
 
 
 def expert_config_from_pi0(
     config: Mapping[str, Any] | str | os.PathLike, **overrides: Any
 ) -> ActionExpertConfig:
-    """An `ActionExpertConfig` with the architecture of a π0 config (dict or checkpoint directory)."""
+    """An `ActionExpertConfig` with the architecture of a π0 config (dict or checkpoint directory), any layout.
+
+    openpi's config names the expert's Gemma variant and ``action_dim`` (state and actions are padded to it);
+    LeRobot's names the variant (older LeRobot configs without it used π0's 300M expert) and
+    ``max_state_dim``/``max_action_dim``; transformers' gives the sizes in ``dit_config``.
+    """
     cfg = dict(config) if isinstance(config, Mapping) else read_pi0_config(config)
-    dit = cfg["dit_config"]
-    rope = dit.get("rope_parameters") or {}
-    fields: dict[str, Any] = {
-        "name": "pi0",
-        "hidden": dit["hidden_size"],
-        "layers": dit["num_hidden_layers"],
-        "mlp": dit["intermediate_size"],
-        "heads": dit["num_attention_heads"],
-        "kv_heads": dit["num_key_value_heads"],
-        "head_dim": dit.get("head_dim") or dit["hidden_size"] // dit["num_attention_heads"],
-        "chunk_size": cfg.get("chunk_size", 50),
-        "max_state_dim": cfg.get("max_state_dim", 32),
-        "max_action_dim": cfg.get("max_action_dim", 32),
-        "num_inference_steps": cfg.get("num_inference_steps", 10),
-        "time_beta": (cfg.get("time_sampling_beta_alpha", 1.5), cfg.get("time_sampling_beta_beta", 1.0)),
-        "time_min": cfg.get("time_sampling_offset", 0.001),
-        "min_period": cfg.get("min_period", 4e-3),
-        "max_period": cfg.get("max_period", 4.0),
-        "rope_theta": rope.get("rope_theta", 10000.0),
-        "rms_norm_eps": dit.get("rms_norm_eps", 1e-6),
-        "hidden_act": dit.get("hidden_activation") or dit.get("hidden_act") or "gelu_pytorch_tanh",
-    }
+    layout = pi0_layout(cfg)
+    fields: dict[str, Any] = {"name": "pi0"}
+    if layout == "transformers":
+        dit = cfg["dit_config"]
+        rope = dit.get("rope_parameters") or {}
+        fields.update(
+            hidden=dit["hidden_size"],
+            layers=dit["num_hidden_layers"],
+            mlp=dit["intermediate_size"],
+            heads=dit["num_attention_heads"],
+            kv_heads=dit["num_key_value_heads"],
+            head_dim=dit.get("head_dim") or dit["hidden_size"] // dit["num_attention_heads"],
+            chunk_size=cfg.get("chunk_size", 50),
+            max_state_dim=cfg.get("max_state_dim", 32),
+            max_action_dim=cfg.get("max_action_dim", 32),
+            num_inference_steps=cfg.get("num_inference_steps", 10),
+            time_beta=(cfg.get("time_sampling_beta_alpha", 1.5), cfg.get("time_sampling_beta_beta", 1.0)),
+            time_min=cfg.get("time_sampling_offset", 0.001),
+            min_period=cfg.get("min_period", 4e-3),
+            max_period=cfg.get("max_period", 4.0),
+            rope_theta=rope.get("rope_theta", 10000.0),
+            rms_norm_eps=dit.get("rms_norm_eps", 1e-6),
+            hidden_act=dit.get("hidden_activation") or dit.get("hidden_act") or "gelu_pytorch_tanh",
+        )
+    elif layout == "openpi":
+        fields.update(_variant(cfg, "action_expert_variant", "gemma_300m"))
+        fields.update(
+            chunk_size=cfg["action_horizon"],
+            max_state_dim=cfg.get("action_dim", 32),
+            max_action_dim=cfg.get("action_dim", 32),
+        )
+    elif layout == "lerobot":
+        fields.update(_variant(cfg, "action_expert_variant", "gemma_300m"))
+        fields.update(
+            chunk_size=cfg.get("chunk_size", 50),
+            max_state_dim=cfg.get("max_state_dim", 32),
+            max_action_dim=cfg.get("max_action_dim", 32),
+            num_inference_steps=cfg.get("num_inference_steps", cfg.get("num_steps", 10)),
+            time_beta=(cfg.get("time_sampling_beta_alpha", 1.5), cfg.get("time_sampling_beta_beta", 1.0)),
+            time_min=cfg.get("time_sampling_offset", 0.001),
+            min_period=cfg.get("min_period", 4e-3),
+            max_period=cfg.get("max_period", 4.0),
+        )
+    else:
+        raise CheckpointError(f"not a π0 config (keys {sorted(cfg)[:8]}); see read_pi0_config")
     fields.update(overrides)
     return ActionExpertConfig(**fields)
+
+
+def _vlm_text_sizes(cfg: Mapping[str, Any]) -> dict[str, int]:
+    """The π0 checkpoint's Gemma (VLM) sizes, as `ActionExpertConfig`-style names; {} when not stated."""
+    if pi0_layout(cfg) == "transformers":
+        text = cfg.get("vlm_config", {}).get("text_config", {})
+        return {ours: text[hf] for ours, hf in _HF_TEXT.items() if hf in text}
+    return dict(_variant(cfg, "paligemma_variant", "gemma_2b"))
 
 
 # Fields that change what the weights mean; chunk_size, step counts and time sampling do not.
@@ -244,40 +330,45 @@ _EXPERT_ARCH = (
     "max_period",
 )
 _VLM_ARCH = {
-    "hidden_size": "text_hidden",
-    "num_hidden_layers": "text_layers",
-    "intermediate_size": "text_mlp",
-    "num_attention_heads": "text_heads",
-    "num_key_value_heads": "text_kv_heads",
+    "hidden": "text_hidden",
+    "layers": "text_layers",
+    "mlp": "text_mlp",
+    "heads": "text_heads",
+    "kv_heads": "text_kv_heads",
     "head_dim": "head_dim",
 }
+# Checkpoint keys that are not weights of any part (old LeRobot policies stored their normalisation stats).
+_NOT_WEIGHTS = re.compile(r"^(?:normalize_inputs|normalize_targets|unnormalize_outputs)\.")
 
 
-def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _read_safetensors(directory: Path, keep: Any = None) -> dict[str, torch.Tensor]:
+    """The tensors of a directory's safetensors (single file or index + shards); `keep(key)` filters them
+    before they are read."""
+    from safetensors import safe_open
 
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out: dict[str, torch.Tensor] = {}
-        for name in files:
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{index} lists shard {name}, which is missing from {directory}")
-            out.update(load_file(str(directory / name)))
-        return out
-    raise CheckpointError(
-        f"{directory} has no model.safetensors or model.safetensors.index.json; "
-        "expected π0 weights as safetensors"
-    )
+    from posevla.models.paligemma_weights import check_weight_files
+
+    out: dict[str, torch.Tensor] = {}
+    for path in check_weight_files(directory):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if keep is None or keep(key):
+                    out[key] = f.get_tensor(key)
+    return out
+
+
+def _arch_diff(ours: ActionExpertConfig, theirs: ActionExpertConfig) -> dict[str, tuple[Any, Any]]:
+    return {
+        f: (getattr(ours, f), getattr(theirs, f))
+        for f in _EXPERT_ARCH
+        if getattr(ours, f) != getattr(theirs, f)
+    }
 
 
 def load_pi0_checkpoint(
     model: torch.nn.Module, directory: str | os.PathLike, *, parts: Iterable[str] = PI0_PARTS
 ) -> list[str]:
-    """Load a π0 checkpoint directory (``config.json`` + safetensors) into a `PoseVLA`.
+    """Load a π0 checkpoint directory (``config.json`` + safetensors, any `pi0_layout`) into a `PoseVLA`.
 
     The checkpoint's architecture is checked against the model's first (CheckpointError naming each differing
     field), then the weights go through `load_pi0_state_dict`. Returns the names of the parameters filled.
@@ -285,23 +376,77 @@ def load_pi0_checkpoint(
     directory = Path(directory)
     parts = tuple(parts)
     cfg = read_pi0_config(directory)
-    theirs = expert_config_from_pi0(cfg)
-    ours = model.expert.cfg
-    diff = {
-        f: (getattr(ours, f), getattr(theirs, f))
-        for f in _EXPERT_ARCH
-        if getattr(ours, f) != getattr(theirs, f)
-    }
+    diff = _arch_diff(model.expert.cfg, expert_config_from_pi0(cfg))
     if "vlm" in parts:
-        text = cfg.get("vlm_config", {}).get("text_config", {})
         vcfg = model.vlm.cfg
-        for hf_name, our_name in _VLM_ARCH.items():
-            if hf_name in text and text[hf_name] != getattr(vcfg, our_name):
-                diff[f"vlm.{our_name}"] = (getattr(vcfg, our_name), text[hf_name])
+        for name, value in _vlm_text_sizes(cfg).items():
+            if value != getattr(vcfg, _VLM_ARCH[name]):
+                diff[f"vlm.{_VLM_ARCH[name]}"] = (getattr(vcfg, _VLM_ARCH[name]), value)
     if diff:
         raise CheckpointError(
             f"the π0 checkpoint in {directory} does not match the model: "
             f"{{field: (model, checkpoint)}} = {diff}; fix: build the expert with "
             "expert_config_from_pi0(directory) (and a matching VLM), or restrict `parts`"
         )
-    return load_pi0_state_dict(model, _read_safetensors(directory), parts=parts, source=str(directory))
+    sd = _read_safetensors(directory, keep=lambda k: not _NOT_WEIGHTS.match(k))
+    return load_pi0_state_dict(model, sd, parts=parts, source=str(directory))
+
+
+def init_expert_from_pi0(policy: torch.nn.Module, directory: str | os.PathLike) -> dict[str, Any]:
+    """Initialise only the action expert of a `PoseVLA` (its Gemma layers, final norm and the state / action /
+    time projections) from a π0 checkpoint directory; the VLM and the prior embedders are left untouched.
+
+    Spec §2.3: the post-training policy takes its expert from π0. Any `pi0_layout` is accepted (openpi's
+    PyTorch conversion, LeRobot's ``pi0``, transformers' ``PI0``); only the expert's tensors are read from the
+    safetensors, so the checkpoint's VLM (≈ 6 GB in bf16) is never loaded. Values are cast to the policy's
+    dtype.
+
+    Returns:
+        ``{"directory", "layout", "loaded": [our parameter names], "ignored": [checkpoint keys not used: the
+        VLM, the expert's unused LM head, stored normalisation stats], "n_loaded", "n_ignored"}``.
+
+    Raises:
+        CheckpointError: no π0 config / weights; the checkpoint's expert differs from ``policy.expert.cfg``
+            (each differing field listed); checkpoint keys that belong to no known part (e.g. a π0.5 expert);
+            missing expert keys or shape mismatches (from `load_pi0_state_dict`).
+    """
+    directory = Path(directory)
+    cfg = read_pi0_config(directory)
+    layout = pi0_layout(cfg)
+    theirs = expert_config_from_pi0(cfg)
+    diff = _arch_diff(policy.expert.cfg, theirs)
+    if diff:
+        raise CheckpointError(
+            f"the action expert of the π0 checkpoint in {directory} ({layout} layout) does not match the policy's: "
+            f"{{field: (policy, checkpoint)}} = {diff}; fix: build the policy with "
+            "expert_config_from_pi0(directory) as its expert config (π0's expert is the '300m' size; its layers, "
+            "KV heads and head_dim must also equal the VLM's)"
+        )
+    ignored: list[str] = []
+    unknown: list[str] = []
+
+    def keep(key: str) -> bool:
+        target = map_pi0_key(key)
+        if target is None:
+            (ignored if _NOT_WEIGHTS.match(key) else unknown).append(key)
+            return False
+        if target == "" or _part_of(target) not in ("expert", "projections"):
+            ignored.append(key)
+            return False
+        return True
+
+    sd = _read_safetensors(directory, keep)
+    if unknown:
+        raise CheckpointError(
+            f"the π0 checkpoint in {directory} ({layout} layout) has keys that belong to no known part "
+            f"{_listing(unknown)}; fix: use a π0 (not π0.5) checkpoint in the openpi, LeRobot or transformers layout"
+        )
+    loaded = load_pi0_state_dict(policy, sd, parts=("expert", "projections"), source=str(directory))
+    return {
+        "directory": str(directory),
+        "layout": layout,
+        "loaded": loaded,
+        "ignored": sorted(ignored),
+        "n_loaded": len(loaded),
+        "n_ignored": len(ignored),
+    }

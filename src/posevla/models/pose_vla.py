@@ -18,6 +18,10 @@ prior_mask`` (see `posevla.models.posevlm`); ``state (B, Ds)`` with Ds ≤ max_s
 
 The prefix uses RoPE positions ``cumsum(attention_mask) − 1`` (π0's convention) and a fully bidirectional mask
 over its real tokens; device and dtype are those of the parameters (move the model with ``.to(...)``).
+
+Training speed on CPUs: under bf16 autocast with gradients, every attention module of the policy runs
+transformers' SDPA in fp32 (`posevla.models.cpu_attention`, set up by the constructor), because the CPU flash
+kernel is several times slower in bf16; ``posevla bench train`` measures it against transformers' π0.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from posevla.models.flow_matching import (
     pad_last_dim,
     sample_flow_time,
 )
+from posevla.models.cpu_attention import install_cpu_bf16_attention
 from posevla.models.posevlm import PoseVLM
 from posevla.models.text import PoseTextTokenizer
 
@@ -56,6 +61,7 @@ class PoseVLA(nn.Module):
         check_expert_pairing(expert.cfg, vlm.cfg)
         self.vlm = vlm
         self.expert = expert
+        install_cpu_bf16_attention(self)  # CPU bf16 training: fp32 attention (faster than SDPA's bf16 kernel)
 
     @classmethod
     def build(
@@ -104,7 +110,8 @@ class PoseVLA(nn.Module):
                 fix="build the prompt with build_example(prompt, None, ...)",
             )
         feats = self.vlm.image_features(
-            batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask")
+            batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask"),
+            batch.get("prior_draw"),
         )  # (B·V, N, D_vlm)
         position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
         keep = attn.bool().any(0)  # (P,) columns that are padding in every sample carry nothing: drop them
@@ -132,7 +139,8 @@ class PoseVLA(nn.Module):
         The same computation as `PoseVLM._lm` with all-zero ``token_type_ids`` (text embeddings with the image
         features in the ``<image>`` slots, bidirectional attention between real tokens, padding never
         attended), minus PaliGemma's per-call mask construction: the mask of a prefix is just its key-padding
-        mask, (B, 1, P, P), built here.
+        mask, built here once as (B, 1, 1, P) and broadcast over the queries by the attention (no (B, 1, P, P)
+        mask is materialised, by us or, per layer, by SDPA).
         """
         hf = self.vlm.hf
         image = input_ids == self.vlm.tokenizer.image_token_id  # (B, P)
@@ -145,8 +153,7 @@ class PoseVLA(nn.Module):
             )
         emb = hf.get_input_embeddings()(input_ids.masked_fill(image, 0))  # (B, P, D)
         emb = emb.masked_scatter(image[..., None], feats.to(emb.dtype))  # (B, P, D)
-        B, P = input_ids.shape
-        keys = attn.bool()[:, None, None, :].expand(B, 1, P, P)  # (B, 1, P, P) [query, key] may attend
+        keys = attn.bool()[:, None, None, :]  # (B, 1, 1, P) the keys every query may attend, broadcast over queries
         lm = hf.model.language_model
         mask: torch.Tensor = keys
         if lm.config._attn_implementation == "eager":  # eager adds its mask to the scores
@@ -168,6 +175,9 @@ class PoseVLA(nn.Module):
         time: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``dict(loss, v_pred, target)``: conditional flow-matching MSE of one batch (loss fp32).
+
+        Under bf16 autocast on a CPU, attention runs in fp32: SDPA's CPU flash kernel is several times slower
+        in bf16, its backward most (`install_cpu_bf16_attention`, set up by ``__init__``).
 
         Args:
             batch: prefix keys + ``state``, ``actions`` and optional ``action_is_pad`` (module docstring).

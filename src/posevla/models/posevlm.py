@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from posevla.errors import ConfigError, DataError
+from posevla.models.cpu_attention import install_cpu_bf16_attention
 from posevla.models.config import ARCH_FIELDS, PoseVLMConfig, config_from_hf, to_hf_config
+from posevla.models.paligemma_weights import load_paligemma_dir
 from posevla.models.pose_tags import PoseTokenTags, ordinal_token_codes
 from posevla.models.priors import PatchEmbedMlp
 from posevla.models.text import IGNORE_INDEX, PoseTextTokenizer
@@ -103,6 +105,7 @@ class PoseVLM(nn.Module):
         if cfg.pose_tags:
             self.pose_tags = PoseTokenTags(cfg.text_hidden, cfg.patch_size, cfg.image_size)
             self.pose_tags.to(device=next(hf_model.parameters()).device)
+        install_cpu_bf16_attention(self)  # CPU bf16 training: fp32 attention (`posevla.models.cpu_attention`)
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -127,7 +130,7 @@ class PoseVLM(nn.Module):
 
         A posevla checkpoint is rebuilt by `posevla.models.factory` instead (a skeleton of the saved size).
         """
-        from transformers import PaliGemmaForConditionalGeneration
+        from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
         if cfg.is_scratch:
             tokenizer = tokenizer if tokenizer is not None else PoseTextTokenizer.build_scratch()
@@ -147,11 +150,7 @@ class PoseVLM(nn.Module):
                     f"cfg.base={cfg.base!r} is neither 'scratch' nor a directory with config.json "
                     "(a PaliGemma checkpoint such as paligemma-3b-pt-224)"
                 )
-            kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
-            if dtype is not None:
-                kwargs["dtype"] = dtype
-            hf = PaliGemmaForConditionalGeneration.from_pretrained(str(base), **kwargs)
-            got = config_from_hf(hf.config)
+            got = config_from_hf(PaliGemmaConfig.from_pretrained(str(base)))  # checked before reading weights
             pairs = {k: (getattr(cfg, k), getattr(got, k)) for k in ARCH_FIELDS}
             bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
             if bad:
@@ -160,6 +159,7 @@ class PoseVLM(nn.Module):
                     "PoseVLM.from_hf_dir(dir) or config_from_hf(...) to take the architecture from the "
                     "checkpoint"
                 )
+            hf = load_paligemma_dir(base, dtype=dtype, attn_implementation=cfg.attn_implementation)
             tokenizer = tokenizer if tokenizer is not None else PoseTextTokenizer.load(base)
             if tokenizer.image_token_id != hf.config.image_token_id:
                 raise ConfigError(
@@ -256,12 +256,19 @@ class PoseVLM(nn.Module):
         return self.cfg.prefix_len
 
     # -- vision + priors ---------------------------------------------------------------------------
-    def _prior_keep(self, prior_mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-        """(B, 2) float: 1 where the prior is used, after modality dropout in training."""
+    def _prior_keep(
+        self, prior_mask: torch.Tensor | None, batch: int, device: torch.device, draw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 2) float: 1 where the prior is used, after modality dropout in training.
+
+        `draw` (B, 2) in [0, 1): the batch's uniform draws (``prior_draw``, a function of seed, step and row
+        that the training loaders add, so any world size drops the same priors); None = torch's global RNG.
+        """
         keep = torch.ones(batch, 2, device=device) if prior_mask is None else prior_mask.to(device).float()
         if self.training:
             p = torch.tensor(self.cfg.prior_dropout, device=device)
-            keep = keep * (torch.rand(batch, 2, device=device) >= p).float()
+            u = torch.rand(batch, 2, device=device) if draw is None else draw.to(device=device, dtype=torch.float32)
+            keep = keep * (u >= p).float()
         return keep
 
     def _embed_prior(
@@ -282,14 +289,17 @@ class PoseVLM(nn.Module):
         ray: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
         prior_mask: torch.Tensor | None = None,
+        prior_draw: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, V, 3, S, S) images (+ priors) → (B·V, tokens_per_view, text_hidden) projected features."""
+        """(B, V, 3, S, S) images (+ priors) → (B·V, tokens_per_view, text_hidden) projected features.
+
+        ``prior_draw`` (B, 2): the uniform draws of the priors' modality dropout in training (`_prior_keep`)."""
         if pixel_values.ndim != 5:
             raise DataError(f"pixel_values must be (B, V, 3, S, S), got {tuple(pixel_values.shape)}")
         B, V, _, S, _ = pixel_values.shape
         vision = self.hf.model.vision_tower
         feats = vision(pixel_values=pixel_values.flatten(0, 1)).last_hidden_state  # (B·V, N, Dv)
-        keep = self._prior_keep(prior_mask, B, feats.device)  # (B, 2)
+        keep = self._prior_keep(prior_mask, B, feats.device, prior_draw)  # (B, 2)
         if self.cfg.use_priors:
             d = self._embed_prior(self.depth_embed, depth, keep[:, PRIOR_DEPTH], B, V, S)
             r = self._embed_prior(self.ray_embed, ray, keep[:, PRIOR_RAY], B, V, S)
@@ -350,7 +360,8 @@ class PoseVLM(nn.Module):
 
     def _features_from_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.image_features(
-            batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask")
+            batch["pixel_values"], batch.get("ray"), batch.get("depth"), batch.get("prior_mask"),
+            batch.get("prior_draw"),
         )
 
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -440,8 +451,9 @@ class PoseVLM(nn.Module):
             per_token = per_token.index_put((rows,), -(q * logp[rows][:, ids]).sum(-1))
         return per_token  # (N,)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.compute_loss(batch)
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+        """:meth:`compute_loss` (the call DDP / FSDP wrappers hook)."""
+        return self.compute_loss(batch, **kwargs)
 
     # -- generation --------------------------------------------------------------------------------
     @torch.no_grad()

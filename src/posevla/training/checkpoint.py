@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "config.json", "bins.json")
+#: The sharded optimizer state of a distributed run (torch.distributed.checkpoint), inside a step_* folder.
+OPTIMIZER_DCP_DIR = "optimizer"
 #: What `load_checkpoint` reads (and verifies against the manifest); resuming also reads optimizer.pt and rng.pt.
 _CONSUMER_FILES = (*REQUIRED_FILES, "norm_stats.json", "tokenizer")
 
@@ -149,21 +151,31 @@ def save_checkpoint(
     return final
 
 
-def _write_files(tmp, step, model, optimizer, scheduler, config, bins_json, tokenizer, trainer_state, norm_stats) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # Tied weights share storage; safetensors refuses shared tensors, so store each storage once.
-    seen: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    unique: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen and v.shape == unique[seen[ptr]].shape:
-            aliases[k] = seen[ptr]
-        else:
-            seen[ptr] = k
-            unique[k] = state[k]
+def _write_files(tmp, step, model, optimizer, scheduler, config, bins_json, tokenizer, trainer_state, norm_stats,
+                 weights: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None) -> None:
+    """Every file of a checkpoint but the manifest. `weights` = (unique tensors, aliases) gathered by a
+    distributed run (`posevla.training.dist_checkpoint`); its optimizer state is written there, sharded, and
+    ``optimizer.pt`` holds the scheduler and a pointer to it."""
+    if weights is None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        # Tied weights share storage; safetensors refuses shared tensors, so store each storage once.
+        seen: dict[int, str] = {}
+        aliases: dict[str, str] = {}
+        unique: dict[str, torch.Tensor] = {}
+        for k, v in model.state_dict().items():
+            ptr = v.untyped_storage().data_ptr()
+            if ptr in seen and v.shape == unique[seen[ptr]].shape:
+                aliases[k] = seen[ptr]
+            else:
+                seen[ptr] = k
+                unique[k] = state[k]
+    else:
+        unique, aliases = weights
     save_file(unique, str(tmp / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
-    if optimizer is not None:
+    if weights is not None:
+        torch.save({"optimizer_dcp": OPTIMIZER_DCP_DIR, "scheduler": scheduler.state_dict() if scheduler else None},
+                   tmp / "optimizer.pt")
+    elif optimizer is not None:
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None},
             tmp / "optimizer.pt",
@@ -293,8 +305,14 @@ def load_model_weights(model: torch.nn.Module, ckpt_dir: str | Path, *, strict: 
         )
 
 
-def load_training_state(ckpt_dir: str | Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG; return trainer_state.json. Errors name the damaged file."""
+def load_training_state(ckpt_dir: str | Path, optimizer, scheduler, model: torch.nn.Module | None = None
+                        ) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG; return trainer_state.json. Errors name the damaged file.
+
+    `model` (the parallel-wrapped module of a distributed run) makes the optimizer state load by parameter
+    name, resharded to this run's ranks, from either kind of checkpoint (`posevla.training.dist_checkpoint`);
+    without it a one-process checkpoint loads as saved and a distributed one by name onto the plain model.
+    """
     d = resolve_checkpoint(ckpt_dir)
     verify_manifest(d, ["optimizer.pt", "rng.pt"])
     loaded = {}
@@ -309,9 +327,16 @@ def load_training_state(ckpt_dir: str | Path, optimizer, scheduler) -> dict[str,
                                   "corrupt: resume from another checkpoint or start a new run") from None
     opt, rng = loaded["optimizer.pt"], loaded["rng.pt"]
     try:
-        optimizer.load_state_dict(opt["optimizer"])
+        if model is not None or (isinstance(opt, dict) and "optimizer_dcp" in opt):
+            from posevla.training.dist_checkpoint import load_optimizer
+
+            load_optimizer(model, optimizer, d, opt)
+        else:
+            optimizer.load_state_dict(opt["optimizer"])
         if scheduler is not None and opt.get("scheduler") is not None:
             scheduler.load_state_dict(opt["scheduler"])
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{d / 'optimizer.pt'} does not hold this model's optimizer state ({type(e).__name__}: "
                               f"{e}); it comes from another run: resume from another checkpoint or start a new "

@@ -166,6 +166,9 @@ class TrainConfig:
     """Named action-expert size (`posevla.models.EXPERT_CONFIGS`) of the `actions` objective."""
     init_checkpoint: str | None = None
     """A posevla checkpoint whose weights initialise the model (e.g. stage 2 from stage 1)."""
+    expert_base: str | None = None
+    """Objective `actions`, new expert: a local π0 checkpoint (openpi's or LeRobot's PyTorch layout) whose
+    action-expert weights initialise it (`posevla.models.init_expert_from_pi0`)."""
     data: DataConfig = DataConfig()
     action: ActionConfig = ActionConfig()
     """Action space, chunk size H and normalisation of post-training (objective `actions`)."""
@@ -179,6 +182,8 @@ class TrainConfig:
     """Token objective: 0 = plain next-token CE (paper); > 0 = Gaussian soft targets (std in bins)."""
     steps: int = 2000
     batch_size: int = 16
+    """The global batch: split evenly over the ranks of a distributed run (so it must divide by their number);
+    every world size trains on the same batches."""
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto` = bf16 autocast where the CPU/GPU supports it, else fp32."""
@@ -186,12 +191,22 @@ class TrainConfig:
     """`auto` (cuda if available, else cpu), `cpu` or `cuda`."""
     num_threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    """How the ranks of `torchrun` share the model: `ddp` (a replica each, gradients all-reduced) or `fsdp`
+    (FSDP2 `fully_shard` per transformer layer). `none` = one process."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer layer's activations in the backward pass (less memory, ~30 % more compute)."""
+    fused_adamw: bool = False
+    """torch's fused AdamW kernel (one kernel over all parameters; fastest on GPUs)."""
     out_dir: str = "runs/stage1-tiny"
     """Where checkpoints, metrics.jsonl and plots go."""
     log_every: int = 10
     save_every: int = 500
     keep_checkpoints: int = 2
     progress: bool = True
+    debug_kill_at_step: int | None = None
+    """Testing only: the last rank of a torchrun run kills itself (SIGKILL) before this step, on the first
+    attempt only, so `torchrun --max-restarts` restarts the run and it resumes from the latest checkpoint."""
     debug_nan_at_step: int | None = None
     """Testing only: make the loss computed after this many updates non-finite (0 = the first batch), to exercise
     the divergence guard: the checkpoint of that step is discarded, the one before stays `latest`."""
@@ -208,6 +223,8 @@ class TrainConfig:
         if self.expert not in EXPERT_CONFIGS:
             raise ConfigError(f"--expert {self.expert!r} is unknown; valid sizes: {', '.join(sorted(EXPERT_CONFIGS))}")
         check_device(self.device)
+        if self.parallel not in ("none", "ddp", "fsdp"):
+            raise ConfigError(f"--parallel {self.parallel!r} is unknown; use none, ddp or fsdp")
         check_int(self.steps, "--steps", lo=0)
         check_int(self.batch_size, "--batch-size", lo=1)
         check_int(self.seed, "--seed", lo=0, hi=2**32 - 1)
@@ -216,6 +233,8 @@ class TrainConfig:
         check_int(self.save_every, "--save-every", lo=1)
         check_int(self.keep_checkpoints, "--keep-checkpoints", lo=1)
         check_float(self.ordinal_sigma, "--ordinal-sigma", lo=0.0)
+        if self.debug_kill_at_step is not None:
+            check_int(self.debug_kill_at_step, "--debug-kill-at-step", lo=0)
         if self.debug_nan_at_step is not None:
             check_int(self.debug_nan_at_step, "--debug-nan-at-step", lo=0)
 

@@ -96,6 +96,11 @@ class Objective:
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def loss_count(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many terms ``out["loss"]`` averages (float64 scalar): a distributed run weights each rank's
+        mean by it, so the loss and the gradient are those of the whole global batch."""
+        raise NotImplementedError
+
     def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Extra per-step metrics (written to metrics.jsonl next to the loss)."""
         return {}
@@ -186,7 +191,10 @@ class TokenObjective(Objective):
         return mixture.batch_fn(PoseCodec(bins), model.tokenizer)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return model.compute_loss(batch, ordinal_sigma=self.cfg.ordinal_sigma)
+        return model(batch, ordinal_sigma=self.cfg.ordinal_sigma)  # the forward, which DDP / FSDP wrappers hook
+
+    def loss_count(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return out["n_tokens"].to(torch.float64)  # the loss is the mean over the answer tokens
 
     def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         # per-source mean loss / token accuracy over the batch's answer tokens
@@ -242,13 +250,23 @@ class ActionObjective(Objective):
         mcfg = self.vlm_architecture(resume, init)
         ecfg = self.expert_architecture(mcfg, start)
         if start is None:
-            return build_policy(mcfg, ecfg, bins)
+            return self._init_expert(build_policy(mcfg, ecfg, bins))
         model = build_policy(mcfg, ecfg, bins, start.tokenizer(), embedding_rows=start.embedding_rows())
         if start.expert is None:  # a stage-1/2 checkpoint: its weights initialise the VLM, the expert is new
             load_model_weights(model.vlm, start.dir)
-            self.log(f"[posevla] VLM initialised from {start.dir}; action expert from scratch")
-        else:
-            load_model_weights(model, start.dir)
+            self.log(f"[posevla] VLM initialised from {start.dir}; action expert "
+                     + (f"from the π0 checkpoint {self.cfg.expert_base}" if self.cfg.expert_base else "from scratch"))
+            return self._init_expert(model)
+        load_model_weights(model, start.dir)
+        return model
+
+    def _init_expert(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A new expert takes the π0 weights of ``--expert-base`` when it is given."""
+        if self.cfg.expert_base:
+            from posevla.models import init_expert_from_pi0
+
+            with given_as("--expert-base"):
+                init_expert_from_pi0(model, self.cfg.expert_base)
         return model
 
     def batches(
@@ -267,10 +285,18 @@ class ActionObjective(Objective):
         }
         self.log(f"[posevla] data: {len(data)} action chunks, {cfg.data.num_workers} loader worker(s)")
         e = model.cfg
-        return ActionBatches(data, cfg.batch_size, cfg.seed, model.vlm.tokenizer, e.max_state_dim, e.max_action_dim)
+        return ActionBatches(data, cfg.batch_size, cfg.seed, model.vlm.tokenizer, e.max_state_dim, e.max_action_dim,
+                             flow_beta=tuple(e.time_beta), flow_time_min=e.time_min)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return model.compute_loss(batch)  # flow matching only (spec §2.3: no token loss in post-training)
+        # flow matching only (spec §2.3: no token loss in post-training); the noise and flow time come with
+        # the batch (a function of seed, step and row), so every world size draws the same
+        return model(batch, noise=batch["flow_noise"], time=batch["flow_time"])
+
+    def loss_count(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # flow_matching_loss averages over the chunk steps inside the episode and the real action dims
+        steps = (~batch["action_is_pad"]).sum() if "action_is_pad" in batch else batch["actions"].shape[:2].numel()
+        return torch.as_tensor(steps * batch["actions"].shape[-1], dtype=torch.float64)
 
 
 def make_objective(cfg: TrainConfig, log: Log = print) -> Objective:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +47,9 @@ from posevla.training.checkpoint import (
 )
 from posevla.training.config import TrainConfig
 from posevla.training.curves import plot_loss_curve
+from posevla.training.dist_checkpoint import save_distributed_checkpoint
 from posevla.training.objectives import Objective, make_objective
+from posevla.training import distributed
 
 __all__ = ["TrainResult", "train"]
 
@@ -77,14 +80,33 @@ def train(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(cfg.out_dir)
-    _prepare_out_dir(out_dir)
-    for path, size in clean_leftovers(out_dir):
-        print(f"[posevla] removed {path} ({size / 1e6:.1f} MB): an unfinished checkpoint of an interrupted run")
     device, use_bf16, reason = pick_device_and_precision(cfg.device, cfg.precision)
-    print(f"[posevla] device={device} precision={'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
+    ctx, device = distributed.setup(cfg.parallel, device, cfg.batch_size)
+    try:
+        return _train(cfg, ctx, device, use_bf16, reason, out_dir, t0, resume, loss_hook)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: TrainConfig, ctx: distributed.DistContext, device: torch.device, use_bf16: bool, reason: str,
+           out_dir: Path, t0: float, resume: bool,
+           loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None) -> TrainResult:
+    say = print if ctx.is_main else _quiet
+    if distributed.restart_count() > 0 and not resume:
+        say(f"[posevla] torchrun restart {distributed.restart_count()}: resuming from the latest checkpoint")
+        resume = True
+    if ctx.is_main:
+        _prepare_out_dir(out_dir)
+        for path, size in clean_leftovers(out_dir):
+            say(f"[posevla] removed {path} ({size / 1e6:.1f} MB): an unfinished checkpoint of an interrupted run")
+    ctx.barrier()
+    say(f"[posevla] device={device} precision={'bf16 autocast' if use_bf16 else 'fp32'} ({reason})")
+    if ctx.distributed:
+        say(f"[posevla] {ctx.parallel}: {ctx.world_size} rank(s), global batch {cfg.batch_size} "
+            f"({cfg.batch_size // ctx.world_size} per rank)")
 
     # -- setup: data, checkpoints, bins, model, optimizer ----------------------------------------------
-    objective = make_objective(cfg)
+    objective = make_objective(cfg, log=say)
     objective.load_data()
     resumed = _resume_checkpoint(out_dir) if resume else None
     init = None
@@ -97,29 +119,42 @@ def train(
     model = objective.build_model(bins, resumed, init)
     model.to(device)
     model.train()
-    optimizer, scheduler = _optimizer(model, cfg)
+    engine = distributed.wrap(model, ctx, device, use_bf16=use_bf16,
+                              activation_checkpointing=cfg.activation_checkpointing)
+    optimizer, scheduler = _optimizer(engine, cfg)
     start_step = 0
     if resumed is not None:
-        start_step = int(load_training_state(resumed.dir, optimizer, scheduler)["step"])
+        state = load_training_state(resumed.dir, optimizer, scheduler, model=engine)
+        start_step = int(state["step"])
         # The schedule follows the *current* config (e.g. a run resumed with a larger --steps).
         for g, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             g["lr"] = base_lr * cfg.optim.lr_multiplier(cfg.steps)(start_step)
-        print(f"[posevla] resumed from {resumed.dir} at step {start_step}")
+        say(f"[posevla] resumed from {resumed.dir} at step {start_step}")
     make_batch = objective.batches(model, bins, resumed)
-    (out_dir / "config.json").write_text(json.dumps(objective.resolved, indent=2, default=str))
-    bins.save(out_dir / "bins.json")
-
+    if ctx.world_size > 1:
+        make_batch = distributed.RankShare(make_batch, *distributed.batch_rows(cfg.batch_size, ctx))
     metrics_path = out_dir / "metrics.jsonl"
     history = _read_history(metrics_path, start_step + 1)
-    with open(metrics_path, "w") as f:  # drop lines a killed run wrote after its last checkpoint
-        f.writelines(json.dumps(r) + "\n" for r in history)
+    if ctx.is_main:
+        (out_dir / "config.json").write_text(json.dumps(objective.resolved, indent=2, default=str))
+        bins.save(out_dir / "bins.json")
+        with open(metrics_path, "w") as f:  # drop lines a killed run wrote after its last checkpoint
+            f.writelines(json.dumps(r) + "\n" for r in history)
 
     def checkpoint(step: int, last: dict[str, Any]) -> Path:
         """Write the checkpoint of `step`, not yet `latest` (it is promoted once the next loss is finite)."""
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not distributed.all_finite(list(engine.parameters()), ctx):
             raise TrainingError(
                 f"the parameters are no longer finite after step {step}; no checkpoint was written. "
                 f"{_last_good(last_ckpt)}. Lower --optim.lr or use --precision fp32"
+            )
+        if ctx.distributed:
+            return save_distributed_checkpoint(
+                out_dir, step, engine=engine, optimizer=optimizer, scheduler=scheduler, ctx=ctx,
+                config=objective.resolved, bins_json=bins.to_dict(), tokenizer=_tokenizer(model),
+                trainer_state={"data_position": {"seed": cfg.seed, "next_step": step}, "last": last,
+                               "world_size": ctx.world_size, "parallel": ctx.parallel},
+                norm_stats=objective.norm_stats,
             )
         return save_checkpoint(
             out_dir,
@@ -139,19 +174,24 @@ def train(
     # -- steps ------------------------------------------------------------------------------------
     last: dict[str, Any] = {}
     last_ckpt = resumed.dir if resumed is not None else None
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not cfg.progress, desc=cfg.name, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and ctx.is_main), desc=cfg.name,
+               unit="step")
+    promote = (lambda p: promote_checkpoint(p, keep=cfg.keep_checkpoints)) if ctx.is_main else (lambda p: None)
     batches = stream_batches(make_batch, start_step, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
     t_steps = time.time()
     step = start_step
     pending: Path | None = None  # written, not yet `latest`: the next step's loss decides
     try:
-        with open(metrics_path, "a") as mf:
+        with open(metrics_path, "a") if ctx.is_main else open(os.devnull, "w") as mf:
             while step < cfg.steps:
                 _, batch = next(batches)
-                row, extra = _step(objective, model, optimizer, scheduler, batch, step, cfg, device, use_bf16,
-                                   loss_hook)
+                if cfg.debug_kill_at_step == step and ctx.rank == ctx.world_size - 1 and distributed.restart_count() == 0:
+                    os.kill(os.getpid(), signal.SIGKILL)  # testing only: a rank dies mid-run (torchrun restarts)
+                row, extra = _step(objective, engine, optimizer, scheduler, batch, step, cfg, device, use_bf16,
+                                   loss_hook, ctx)
                 if pending is not None:
-                    promote_checkpoint(pending, keep=cfg.keep_checkpoints)
+                    promote(pending)
+                    ctx.barrier()
                     last_ckpt, pending = pending, None
                 step += 1
                 last = {**row, "time_s": round(time.time() - t_steps, 3), **extra}
@@ -164,11 +204,12 @@ def train(
                 if step % cfg.save_every == 0 or step == cfg.steps:
                     pending = checkpoint(step, last)
             if pending is not None:  # the last checkpoint: the loss of the next batch decides (no update)
-                _probe(objective, model, next(batches)[1], step, cfg, device, use_bf16)
-                promote_checkpoint(pending, keep=cfg.keep_checkpoints)
+                _probe(objective, engine, next(batches)[1], step, cfg, device, use_bf16, ctx)
+                promote(pending)
+                ctx.barrier()
                 last_ckpt, pending = pending, None
     except _Diverged as e:
-        if pending is not None:
+        if pending is not None and ctx.is_main:
             discard_checkpoint(pending)
         raise TrainingError(
             f"non-finite loss ({e.loss}) at step {e.step}; stopping before the optimizer step. "
@@ -183,11 +224,13 @@ def train(
     # -- save ---------------------------------------------------------------------------------------
     if last_ckpt is None:  # steps == start_step: nothing trained, still leave a usable checkpoint
         last_ckpt = checkpoint(step, last)
-        promote_checkpoint(last_ckpt, keep=cfg.keep_checkpoints)
-    try:
-        plot_loss_curve(history, out_dir / "loss_curve.png")
-    except Exception as e:  # plotting must never lose a finished run
-        print(f"[posevla] loss curve not written: {e}")
+        promote(last_ckpt)
+        ctx.barrier()
+    if ctx.is_main:
+        try:
+            plot_loss_curve(history, out_dir / "loss_curve.png")
+        except Exception as e:  # plotting must never lose a finished run
+            say(f"[posevla] loss curve not written: {e}")
     return TrainResult(
         out_dir=out_dir,
         checkpoint=last_ckpt,
@@ -209,26 +252,39 @@ def _step(
     device: torch.device,
     use_bf16: bool,
     loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None,
+    ctx: distributed.DistContext = distributed.DistContext(),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One optimizer step; returns its metrics (the step number is the one *after* it) and the objective's.
+
+    Several ranks: each rank's mean loss is weighted by its share of the loss's terms, so the gradient the
+    wrapper averages and the logged loss are those of the whole global batch (`distributed.global_mean`).
 
     Raises:
         _Diverged: the loss is not finite (nothing was updated).
     """
-    out, loss = _loss(objective, model, batch, step, cfg, device, use_bf16, loss_hook)
+    out, loss, (global_loss, local_n, total_n) = _loss(objective, model, batch, step, cfg, device, use_bf16,
+                                                       loss_hook, ctx)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scale = 1.0 if ctx.world_size == 1 else float(local_n * ctx.world_size / total_n)
+    (loss * scale).backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     scheduler.step()
+    acc = out.get("token_acc", torch.tensor(float("nan")))
+    if ctx.world_size > 1 and bool(torch.isfinite(acc)):
+        acc, _ = distributed.global_mean(acc.float(), local_n, ctx)
     row = {
         "step": step + 1,
-        "loss": float(loss.item()),
-        "token_acc": float(out.get("token_acc", torch.tensor(float("nan"))).item()),
+        "loss": float(global_loss.item()),
+        "token_acc": float(acc.item()),
         "grad_norm": float(grad_norm.item()),
         "lr": float(scheduler.get_last_lr()[0]),
     }
-    return row, objective.metrics(out, batch)
+    if ctx.world_size == 1:
+        return row, objective.metrics(out, batch)
+    return row, objective.metrics(*_gathered(out, batch, ctx))
 
 
 class _Diverged(Exception):
@@ -246,8 +302,10 @@ def _loss(
     device: torch.device,
     use_bf16: bool,
     loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The objective's output and loss on `batch` (``--debug-nan-at-step`` and the test hook applied)."""
+    ctx: distributed.DistContext = distributed.DistContext(),
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The objective's output, this rank's loss and (global loss, this rank's count, the global count) on
+    `batch` (``--debug-nan-at-step`` and the test hook applied). Every rank raises together."""
     batch = {k: v.to(device) for k, v in batch.items()}
     with autocast_context(device, use_bf16):
         out = objective.loss(model, batch)
@@ -256,16 +314,49 @@ def _loss(
         loss = loss * float("nan")
     if loss_hook is not None:
         loss = loss_hook(step, loss)
-    if not torch.isfinite(loss):
-        raise _Diverged(float(loss.item()), step)
-    return out, loss
+    if ctx.world_size == 1:
+        n = torch.ones((), dtype=torch.float64)
+        global_loss, total = loss.detach(), n
+    else:
+        n = objective.loss_count(out, batch).detach().cpu()
+        global_loss, total = distributed.global_mean(loss.float(), n, ctx)
+    if not torch.isfinite(global_loss):
+        raise _Diverged(float(global_loss.item()), step)
+    return out, loss, (global_loss, n, total)
+
+
+def _gathered(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], ctx: distributed.DistContext
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The per-token outputs and batch rows every rank saw, concatenated (for per-source metrics)."""
+    keys = [k for k in ("token_loss", "token_correct", "token_row") if k in out]
+    mine = ({k: out[k].detach().cpu() for k in keys},
+            {k: v.cpu() for k, v in batch.items() if k == "source"}, len(batch["input_ids"]))
+    parts = ctx.gather(mine)
+    merged_out: dict[str, torch.Tensor] = {}
+    merged_batch: dict[str, torch.Tensor] = {}
+    offset = 0
+    rows = []
+    for o, b, n in parts:
+        if "token_row" in o:
+            rows.append(o["token_row"] + offset)
+        offset += n
+    for k in keys:
+        merged_out[k] = torch.cat(rows) if k == "token_row" else torch.cat([o[k] for o, _, _ in parts])
+    if parts and "source" in parts[0][1]:
+        merged_batch["source"] = torch.cat([b["source"] for _, b, _ in parts])
+    return merged_out, merged_batch
 
 
 @torch.no_grad()
 def _probe(objective: Objective, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int,
-           cfg: TrainConfig, device: torch.device, use_bf16: bool) -> None:
+           cfg: TrainConfig, device: torch.device, use_bf16: bool,
+           ctx: distributed.DistContext = distributed.DistContext()) -> None:
     """The loss of the step after the last one, without an update: a diverged model fails here (_Diverged)."""
-    _loss(objective, model, batch, step, cfg, device, use_bf16)
+    _loss(objective, model, batch, step, cfg, device, use_bf16, None, ctx)
+
+
+def _quiet(*_: Any, **__: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def _last_good(ckpt: Path | None) -> str:
@@ -300,6 +391,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Op
         lr=o.lr,
         betas=o.betas,
         eps=o.eps,
+        fused=True if cfg.fused_adamw else None,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, o.lr_multiplier(cfg.steps))
 
