@@ -27,7 +27,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 
+from posevla.bench.timing import alternate, cpu_autocast
 from posevla.errors import ConfigError
 
 __all__ = ["BenchLatencyArgs", "run_bench_latency", "format_bench_latency", "main", "find_reference"]
@@ -79,32 +79,6 @@ class BenchLatencyArgs:
 
 
 # -- shared -------------------------------------------------------------------------------------------------
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    """Median and p95 (nearest rank) of a list of milliseconds."""
-    s = sorted(ms)
-    return {"median_ms": statistics.median(s), "p95_ms": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]}
-
-
-def _alternate(runs: dict[str, Callable[[], Any]], reps: int, warmup: int) -> dict[str, dict[str, float]]:
-    """Time every callable `reps` times, one after the other per repetition; returns `_stats` per name."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(warmup):
-        for f in runs.values():
-            f()
-    for _ in range(reps):
-        for k, f in runs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(1e3 * (time.perf_counter() - t0))
-    return {k: _stats(v) for k, v in times.items()}
-
-
-def _autocast(precision: str) -> Any:
-    import contextlib
-
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 # -- part A: the expert against transformers' π0 ------------------------------------------------------------
@@ -186,14 +160,14 @@ def bench_expert(name: str, args: BenchLatencyArgs, reference: ModuleType) -> di
 
     def run_ours(precision: str, compile: bool = False) -> Callable[[], torch.Tensor]:
         def f() -> torch.Tensor:
-            with _autocast(precision):
+            with cpu_autocast(precision):
                 return ours.sample_actions(batch, noise=noise, num_steps=args.steps, compile=compile)
 
         return f
 
     def run_ref(precision: str) -> Callable[[], torch.Tensor]:
         def f() -> torch.Tensor:
-            with torch.no_grad(), _autocast(precision):
+            with torch.no_grad(), cpu_autocast(precision):
                 return ref.sample_actions(state=batch["state"], noise=noise, num_steps=args.steps, **common)
 
         return f
@@ -211,7 +185,7 @@ def bench_expert(name: str, args: BenchLatencyArgs, reference: ModuleType) -> di
         runs["ours+compile/fp32"] = f
     with torch.no_grad():
         out = {k: f().float() for k, f in runs.items()}
-        timing = _alternate(runs, args.reps, max(0, args.warmup - 1))
+        timing = alternate(runs, args.reps, max(0, args.warmup - 1))
     e = ours.cfg
     res: dict[str, Any] = {
         "config": name,
@@ -311,7 +285,7 @@ def bench_server(args: BenchLatencyArgs) -> dict[str, Any]:
                     last["server"] = client.infer({**obs, "seed": next(seeds)})["actions"]
 
                 runs = {"in_process": local, "server": remote}
-                timing = _alternate(runs, args.server_reps, max(0, args.warmup))
+                timing = alternate(runs, args.server_reps, max(0, args.warmup))
                 # agreement: the same seed through both
                 a = policy.infer(dict(obs), seed=123)["actions"]
                 reply = client.infer({**obs, "seed": 123})

@@ -32,11 +32,9 @@ with the tiny expert (chunk 16, 32 dims). Priors and pose tags are off: π0 has 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,7 @@ from typing import Any, Literal
 
 import torch
 
+from posevla.bench.timing import alternate, cpu_autocast
 from posevla.bench.latency import find_reference
 from posevla.errors import ConfigError
 
@@ -96,30 +95,6 @@ class BenchTrainArgs:
 
 
 # -- timing -------------------------------------------------------------------------------------------------
-
-
-def _stats(ms: list[float]) -> dict[str, float]:
-    """Median and p95 (nearest rank) of a list of milliseconds."""
-    s = sorted(ms)
-    return {"median_ms": statistics.median(s), "p95_ms": s[min(len(s) - 1, round(0.95 * (len(s) - 1)))]}
-
-
-def _interleaved(runs: dict[str, Callable[[], Any]], reps: int, warmup: int) -> dict[str, dict[str, float]]:
-    """Time every callable `reps` times, one after the other per repetition; `_stats` per name."""
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(warmup):
-        for f in runs.values():
-            f()
-    for _ in range(reps):
-        for k, f in runs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(1e3 * (time.perf_counter() - t0))
-    return {k: _stats(v) for k, v in times.items()}
-
-
-def _autocast(precision: str) -> Any:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 def matmul_peak(size: int, dtype: torch.dtype, reps: int = 5) -> float:
@@ -202,7 +177,7 @@ def _step_fn(loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, preci
     """One training step as a closure: the loss at `precision`, zeroed gradients, backward, `opt.step()`."""
 
     def step() -> float:
-        with _autocast(precision):
+        with cpu_autocast(precision):
             value = loss()
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -230,7 +205,7 @@ def bench_step(name: str, args: BenchTrainArgs, reference: ModuleType) -> dict[s
     loss_ours, loss_ref = _losses(ours, ref, batch, noise, tau)
     check: dict[str, Any] = {}
     for p in args.precisions:  # before any update: the same weights; with gradients on, as the timed steps run
-        with _autocast(p):
+        with cpu_autocast(p):
             a, b = float(loss_ours().detach()), float(loss_ref().detach())
         check[p] = {"ours": a, "transformers": b, "abs_diff": abs(a - b)}
     flops = {"ours": _flops(loss_ours, ours), "transformers": _flops(loss_ref, ref)}
@@ -251,7 +226,7 @@ def bench_step(name: str, args: BenchTrainArgs, reference: ModuleType) -> dict[s
             f()  # the first call compiles
             compile_s[p] = time.perf_counter() - t0
             runs[f"ours+compile{'+fused' if args.fused_adamw else ''}/{p}"] = f
-    timing = _interleaved(runs, args.reps, args.warmup)
+    timing = alternate(runs, args.reps, args.warmup)
     e, P = ours.cfg, batch["input_ids"].shape[1]
     kept = int(batch["attention_mask"].bool().any(0).sum())
     res: dict[str, Any] = {
