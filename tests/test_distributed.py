@@ -106,6 +106,24 @@ def test_distributed_checkpoint_layout_and_loading(token_runs):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+def test_damaged_sharded_optimizer_state_is_named(token_runs, tmp_path):
+    """A cut or missing shard of optimizer/ stops the resume with the file's name (the manifest lists them)."""
+    import shutil
+
+    from posevla.errors import CheckpointError
+
+    for damage, match in ((lambda d: (d / "__1_0.distcp").write_bytes(b"cut"), r"optimizer/__1_0.distcp has 3 bytes"),
+                          (lambda d: (d / ".metadata").unlink(), r"optimizer/.metadata is missing")):
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(token_runs / "fsdp", run)
+        damage(run / "checkpoints" / "step_0000004" / "optimizer")
+        args = _token_args(Path(json.loads((run / "config.json").read_text())["train"]["data"]["train_data"]), run,
+                           steps=5)
+        with pytest.raises(CheckpointError, match=match):
+            _in_process(args, resume=True)
+
+
 def test_post_training_on_two_ranks_matches_one_process(tmp_path):
     _in_process(_action_args(tmp_path / "one"))
     for parallel in ("ddp", "fsdp"):

@@ -159,6 +159,28 @@ def test_build_vlm_from_public_paligemma_dir(pg_dir, bins):
     assert torch.isfinite(vlm.compute_loss(batch)["loss"])
 
 
+def test_build_vlm_from_a_dir_transformers_saved(pg_dir, bins, tmp_path):
+    """A directory written by transformers' own `save_pretrained` (sharded, with its index) loads the same way:
+    no missing / unexpected keys, the same weights as the public-layout directory it was read from."""
+    import shutil
+
+    from transformers import PaliGemmaForConditionalGeneration
+
+    d, written = pg_dir
+    out = tmp_path / "saved"
+    PaliGemmaForConditionalGeneration.from_pretrained(str(d)).save_pretrained(str(out), max_shard_size="200KB")
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("model-*.safetensors"))) > 1
+    for f in d.iterdir():  # the tokenizer and processor files (save_pretrained writes the model only)
+        if f.suffix == ".json" and not f.name.startswith(("model", "config")) or f.suffix == ".model":
+            shutil.copy(f, out / f.name)
+    sd = build_vlm(CFG.replace(base=str(out)), bins).hf.state_dict()  # CheckpointError on any missing key
+    emb_key = "language_model.model.embed_tokens.weight"
+    for key, value in written.items():
+        got = sd[_public_to_ours(key)]
+        assert torch.equal(got[: SIZE.tokenizer_len] if key == emb_key else got, value[: SIZE.tokenizer_len]
+                           if key == emb_key else value), key
+
+
 def _rewrite_shard(src, dst, edit) -> None:
     """Copy a PaliGemma dir to `dst` with `edit(dict)` applied to the shard holding the LM's first layer."""
     import shutil

@@ -48,11 +48,10 @@ from posevla.data.action_space import (
     state_names,
     state_vectors,
 )
-from posevla.data.collate import ExampleSpec, batch_indices, collate
+from posevla.data.collate import ExampleSpec, batch_indices, collate, flow_noise_and_time, prior_draws
 from posevla.data.formats.lerobot import CameraConfig, LeRobotV3Dataset
 from posevla.data.formats.lerobot.schema import MAX_DEPTH_M
-from posevla.data.mixture import prior_draws
-from posevla.data.grounding import PreparedView, empty_view, prepare_view, stable_seed
+from posevla.data.grounding import PreparedView, empty_view, prepare_view
 from posevla.data.input_spec import InputSpec, state_layout
 from posevla.data.normalize import NormStats
 from posevla.data.schema import DEPTH_PREFIX, IMAGE_PREFIX, camera_K_key, camera_T_key
@@ -514,21 +513,6 @@ class ActionBatches:
         batch["flow_time"] = torch.from_numpy(np.asarray(tau, np.float32))  # (B,)
         batch["prior_draw"] = prior_draws(self.seed, step, range(lo, hi))  # (B, 2)
         return batch
-
-
-def flow_noise_and_time(
-    seed: int, step: int, row: int, horizon: int, action_dim: int, beta: tuple[float, float], time_min: float
-) -> tuple[np.ndarray, float]:
-    """The flow-matching noise ε (horizon, action_dim) float32 and flow time τ of row `row` of batch `step`.
-
-    A pure function of (seed, step, row), like the batch itself, so a distributed run (each rank drawing only
-    its rows), a resumed run and a one-process run train on the same noise. τ = time_min + (1 − time_min)·
-    Beta(α, β), the distribution of `posevla.models.flow_matching.sample_flow_time`.
-    """
-    rng = np.random.default_rng(stable_seed("flow", seed, step, row))
-    noise = rng.standard_normal((horizon, action_dim)).astype(np.float32)  # (H, A_max)
-    tau = time_min + (1.0 - time_min) * float(rng.beta(beta[0], beta[1]))
-    return noise, tau
 
 
 def constant_dims(dataset: LeRobotV3Dataset, cfg: ActionConfig) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 The batch order is a pure function of (seed, step): batch `k` of epoch `e` is slice `k` of a
 permutation seeded by (seed, e) (:func:`batch_indices`). A run resumed at step N therefore sees exactly the
-batches a straight run sees, with no sampler state to save beyond the step counter.
+batches a straight run sees, with no sampler state to save beyond the step counter. The random draws of a
+training row are functions of (seed, step, row) too: the priors' modality dropout (:func:`prior_draws`) and
+post-training's flow noise and time (:func:`flow_noise_and_time`), so any world size trains on the same draws.
 :func:`collate` turns grounding and trajectory examples (same prefix layout) into one model batch.
 """
 
@@ -51,6 +53,31 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> tupl
     epoch, k = divmod(step, per_epoch)
     perm = np.random.default_rng(stable_seed("order", seed, epoch)).permutation(num_items)
     return epoch, perm[k * batch_size : (k + 1) * batch_size]
+
+
+def prior_draws(seed: int, step: int, rows: Sequence[int] | range) -> torch.Tensor:
+    """(len(rows), 2) float32 uniform draws in [0, 1) of the depth / ray modality dropout of batch `step`.
+
+    A function of (seed, step, row), like the batch: a rank of a distributed run draws its rows alone and
+    gets what one process draws for them (the model compares them with ``PoseVLMConfig.prior_dropout``).
+    """
+    u = [np.random.default_rng(stable_seed("prior-drop", seed, step, r)).random(2) for r in rows]
+    return torch.from_numpy(np.asarray(u, dtype=np.float32).reshape(-1, 2))
+
+
+def flow_noise_and_time(
+    seed: int, step: int, row: int, horizon: int, action_dim: int, beta: tuple[float, float], time_min: float
+) -> tuple[np.ndarray, float]:
+    """The flow-matching noise ε (horizon, action_dim) float32 and flow time τ of row `row` of batch `step`.
+
+    A pure function of (seed, step, row), like the batch itself, so a distributed run (each rank drawing only
+    its rows), a resumed run and a one-process run train on the same noise. τ = time_min + (1 − time_min)·
+    Beta(α, β), the distribution of `posevla.models.flow_matching.sample_flow_time`.
+    """
+    rng = np.random.default_rng(stable_seed("flow", seed, step, row))
+    noise = rng.standard_normal((horizon, action_dim)).astype(np.float32)  # (H, A_max)
+    tau = time_min + (1.0 - time_min) * float(rng.beta(beta[0], beta[1]))
+    return noise, tau
 
 
 def collate(

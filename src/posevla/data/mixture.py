@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from posevla.data.collate import ExampleSpec, batch_indices, collate
+from posevla.data.collate import ExampleSpec, batch_indices, collate, prior_draws
 from posevla.data.datasets import ExampleSource, GroundingDataset, TrajectoryDataset
 from posevla.data.grounding import stable_seed
 from posevla.data.sources import WEIGHT_EXPONENT, LoadedSource
@@ -180,16 +180,6 @@ class Mixture:
         )
 
 
-def prior_draws(seed: int, step: int, rows: Sequence[int] | range) -> torch.Tensor:
-    """(len(rows), 2) float32 uniform draws in [0, 1) of the depth / ray modality dropout of batch `step`.
-
-    A function of (seed, step, row), like the batch: a rank of a distributed run draws its rows alone and
-    gets what one process draws for them (the model compares them with ``PoseVLMConfig.prior_dropout``).
-    """
-    u = [np.random.default_rng(stable_seed("prior-drop", seed, step, r)).random(2) for r in rows]
-    return torch.from_numpy(np.asarray(u, dtype=np.float32).reshape(-1, 2))
-
-
 @dataclasses.dataclass
 class _MixtureBatches:
     mixture: Mixture
@@ -239,7 +229,10 @@ def build_mixture(
 
 
 def per_source_metrics(
-    out: dict[str, torch.Tensor], source: torch.Tensor, names: Sequence[str]
+    out: dict[str, torch.Tensor],
+    source: torch.Tensor,
+    names: Sequence[str],
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean loss and token accuracy over each source's answer tokens in one batch (no second forward).
 
@@ -248,6 +241,8 @@ def per_source_metrics(
             ``token_row`` (N,), the batch row of each answer token.
         source: (B,) source index per batch row.
         names: source names by index.
+        reduce: sums the (4, S) per-source sums over the ranks of a distributed run (each rank holds its rows
+            of the global batch), so the means are those of the whole batch; None = this batch alone.
 
     Returns:
         ``{name: {"loss", "token_acc", "samples", "tokens"}}`` for the sources present in the batch.
@@ -256,11 +251,15 @@ def per_source_metrics(
         return {}
     S = len(names)
     src = source.to(out["token_row"].device)[out["token_row"]]  # (N,) source of each answer token
-    n_tok = torch.bincount(src, minlength=S)
-    loss_sum = torch.bincount(src, weights=out["token_loss"].detach().float(), minlength=S)
-    hit_sum = torch.bincount(src, weights=out["token_correct"].float(), minlength=S)
-    n_rows = torch.bincount(source, minlength=S)
-    n_tok, loss_sum, hit_sum, n_rows = (t.tolist() for t in (n_tok, loss_sum, hit_sum, n_rows))
+    sums = torch.stack([
+        torch.bincount(src, minlength=S).double(),
+        torch.bincount(src, weights=out["token_loss"].detach().double(), minlength=S),
+        torch.bincount(src, weights=out["token_correct"].double(), minlength=S),
+        torch.bincount(source.to(src.device), minlength=S).double(),
+    ]).cpu()  # (4, S): answer tokens, loss sum, correct tokens, rows
+    if reduce is not None:
+        sums = reduce(sums)
+    n_tok, loss_sum, hit_sum, n_rows = sums.tolist()
     return {
         names[s]: {
             "loss": loss_sum[s] / n_tok[s],

@@ -314,7 +314,7 @@ def load_training_state(ckpt_dir: str | Path, optimizer, scheduler, model: torch
     without it a one-process checkpoint loads as saved and a distributed one by name onto the plain model.
     """
     d = resolve_checkpoint(ckpt_dir)
-    verify_manifest(d, ["optimizer.pt", "rng.pt"])
+    verify_manifest(d, ["optimizer.pt", "rng.pt"] + ([OPTIMIZER_DCP_DIR] if (d / OPTIMIZER_DCP_DIR).is_dir() else []))
     loaded = {}
     for name in ("optimizer.pt", "rng.pt"):
         try:

@@ -71,7 +71,7 @@ def _full_weights(engine: nn.Module, ctx: DistContext) -> tuple[dict[str, torch.
         state = model.state_dict() if ctx.is_main else {}
     if not ctx.is_main:
         return None
-    aliases = {k: v for k, v in tied_aliases(model).items()}
+    aliases = tied_aliases(model)
     unique = {k: v.detach().cpu().contiguous() for k, v in state.items() if k not in aliases}
     return unique, {k: v for k, v in aliases.items() if v in unique}
 

@@ -78,6 +78,12 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the ranks (a new tensor on `t`'s device; the collective runs on the backend's)."""
+        buf = t.to(_comm_device(t), copy=True)
+        dist.all_reduce(buf)
+        return buf.to(t.device)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (on every rank)."""
         if not (dist.is_available() and dist.is_initialized()) or self.world_size == 1:

@@ -101,8 +101,10 @@ class Objective:
         mean by it, so the loss and the gradient are those of the whole global batch."""
         raise NotImplementedError
 
-    def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Extra per-step metrics (written to metrics.jsonl next to the loss)."""
+    def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+        """Extra per-step metrics (written to metrics.jsonl next to the loss). `reduce` sums a tensor over the
+        ranks of a distributed run, whose ranks each hold part of the global batch."""
         return {}
 
     # -- shared ------------------------------------------------------------------------------------
@@ -196,9 +198,10 @@ class TokenObjective(Objective):
     def loss_count(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return out["n_tokens"].to(torch.float64)  # the loss is the mean over the answer tokens
 
-    def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def metrics(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
         # per-source mean loss / token accuracy over the batch's answer tokens
-        return {"sources": per_source_metrics(out, batch["source"], self.mixture.names)}
+        return {"sources": per_source_metrics(out, batch["source"], self.mixture.names, reduce)}
 
 
 class ActionObjective(Objective):

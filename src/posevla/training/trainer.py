@@ -282,9 +282,7 @@ def _step(
         "grad_norm": float(grad_norm.item()),
         "lr": float(scheduler.get_last_lr()[0]),
     }
-    if ctx.world_size == 1:
-        return row, objective.metrics(out, batch)
-    return row, objective.metrics(*_gathered(out, batch, ctx))
+    return row, objective.metrics(out, batch, reduce=ctx.all_reduce_sum if ctx.world_size > 1 else None)
 
 
 class _Diverged(Exception):
@@ -323,28 +321,6 @@ def _loss(
     if not torch.isfinite(global_loss):
         raise _Diverged(float(global_loss.item()), step)
     return out, loss, (global_loss, n, total)
-
-
-def _gathered(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], ctx: distributed.DistContext
-              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The per-token outputs and batch rows every rank saw, concatenated (for per-source metrics)."""
-    keys = [k for k in ("token_loss", "token_correct", "token_row") if k in out]
-    mine = ({k: out[k].detach().cpu() for k in keys},
-            {k: v.cpu() for k, v in batch.items() if k == "source"}, len(batch["input_ids"]))
-    parts = ctx.gather(mine)
-    merged_out: dict[str, torch.Tensor] = {}
-    merged_batch: dict[str, torch.Tensor] = {}
-    offset = 0
-    rows = []
-    for o, b, n in parts:
-        if "token_row" in o:
-            rows.append(o["token_row"] + offset)
-        offset += n
-    for k in keys:
-        merged_out[k] = torch.cat(rows) if k == "token_row" else torch.cat([o[k] for o, _, _ in parts])
-    if parts and "source" in parts[0][1]:
-        merged_batch["source"] = torch.cat([b["source"] for _, b, _ in parts])
-    return merged_out, merged_batch
 
 
 @torch.no_grad()
